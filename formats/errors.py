@@ -1,0 +1,30 @@
+"""The one exception type for bad input files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InputError(Exception):
+    """A user-facing problem with an input or output file.
+
+    The message is one line: which file, what is wrong, and what to do about it.
+    Command-line entry points print it without a traceback and exit with status 2.
+
+    Parameters
+    ----------
+    path
+        The file (or directory) the problem is about.
+    problem
+        What is wrong, e.g. ``"has no field 'blob/idx'"``.
+    fix
+        What the user can do, e.g. ``"pass the particles .cs of a 2D classification job"``.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str, fix: str = "") -> None:
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        self.fix = fix
+        where = f"{self.path}: " if self.path is not None else ""
+        tail = f" ({fix})" if fix else ""
+        super().__init__(f"{where}{problem}{tail}")
