@@ -1,0 +1,3 @@
+from csplugin.cli import main
+
+main()
