@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
 
 from formats import InputError
 
@@ -111,6 +115,88 @@ def convert(
     _refuse_existing(output, overwrite)
     save_particles(open_particles(file, passthrough, project_dir), output)
     err.print(f"wrote {output}")
+
+
+Interpolation = Annotated[str, typer.Option(
+    help="'cubic': B-spline with exact prefilter (default; keeps high frequencies); "
+         "'linear': bilinear, identical to relion_stack_create --apply_transformation.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace existing outputs in OUTDIR.")]
+
+
+@app.command("export-aligned")
+def export_aligned_cmd(
+    file: Input,
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    classes: Classes = None,
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    interpolation: Interpolation = "cubic",
+    float16: Annotated[bool, typer.Option("--float16", help="Write float16 (mode 12) stacks.")] = False,
+    particles_per_stack: Annotated[int, typer.Option(help="Images per output stack.")] = 10_000,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Write the particles with their stored in-plane rotation and shift applied, in one
+    resampling step: the aligned image is A(q) = P(R(-θ)q - s), i.e. RELION's
+    relion_stack_create --apply_transformation with psi = θ and origin = s.
+
+    Outputs in OUTDIR: particles_aligned_NNNN.mrcs (voxel size = particle pixel size),
+    particles.star (RELION 3.1) and particles.cs (cryoSPARC) with psi/origins and
+    alignments2D/pose/shift set to 0 and every other field kept.
+
+    Path rule: particles.star names the stacks relative to the current directory (run
+    RELION from here) when OUTDIR is below it, else by absolute path; particles.cs names
+    them relative to OUTDIR (give OUTDIR as cryoSPARC Import Particles' particle data path).
+    """
+    from csplugin.export import export_aligned
+    from csplugin.particles import open_particles
+
+    table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
+    with _progress(quiet, "aligning", len(table)) as advance:
+        result = export_aligned(table, outdir, interpolation=interpolation, float16=float16,
+                                particles_per_stack=particles_per_stack, overwrite=overwrite,
+                                progress=advance)
+    err.print(f"wrote {result.particles} aligned particles in {len(result.stacks)} stack(s), "
+              f"{result.star} and {result.cs}")
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (on stderr) advanced by the yielded callback."""
+    if quiet:
+        yield lambda _: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("particles"), TimeElapsedColumn(), TimeRemainingColumn())
+    bar = Progress(*columns, console=err)
+    task = bar.add_task(what, total=total)
+
+    def advance(k: int) -> None:  # the bar appears with the first finished chunk
+        if not bar.live.is_started:
+            bar.start()
+        bar.advance(task, k)
+
+    try:
+        yield advance
+    finally:
+        bar.stop()
+
+
+@app.command()
+def demo(
+    outdir: Annotated[Path, typer.Argument(help="Where to write the demo job and results.")] = Path("csplugin_demo"),
+    n_per_class: Annotated[int, typer.Option(help="Particles per class (3 classes).")] = 300,
+    box: Annotated[int, typer.Option(help="Box size in pixels.")] = 128,
+    quiet: Quiet = False,
+) -> None:
+    """Make a small synthetic 2D-classification job with known alignments (cryoSPARC
+    project + RELION .star) and run csplugin's jobs on it, checking the results against
+    the truth."""
+    from csplugin.demo import run_demo
+
+    for line in run_demo(outdir, n_per_class=n_per_class, box=box, quiet=quiet):
+        out.print(line)
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:

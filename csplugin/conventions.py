@@ -176,3 +176,12 @@ def rotate_shift_into_class_frame(angle: np.ndarray, d: np.ndarray) -> np.ndarra
     """
     c, s = np.cos(angle), np.sin(angle)
     return np.stack([c * d[0] + s * d[1], -s * d[0] + c * d[1]], axis=1)
+
+
+def residual_psi_prior(psi_prior_deg: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """A helical psi prior ``(n,)`` deg after the particle is aligned by ``angle`` ``(n,)`` rad.
+
+    Aligning rotates the image by +θ, so a prior that was ``psi_prior`` for the raw particle
+    becomes ``psi_prior - degrees(θ)`` for the aligned one (NaN stays NaN).
+    """
+    return np.asarray(psi_prior_deg, np.float64) - np.rad2deg(np.asarray(angle, np.float64))

@@ -59,6 +59,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.fft
+from numba import njit, prange
 from numpy.typing import ArrayLike, NDArray
 
 from csplugin.transform import align_images
@@ -70,6 +71,7 @@ __all__ = [
     "crop_to_resolution",
     "detector_line_weights",
     "estimate_axis_angle",
+    "fourier_transform",
     "half_to_full",
     "profiles",
     "soft_circular_mask",
@@ -134,19 +136,41 @@ def condition_images(
     ndarray, shape (n, N, N), float32
         A new array.
     """
-    x = np.array(images, dtype=np.float32)
-    if subtract_mean or normalize:
-        x -= x.mean(axis=(1, 2), dtype=np.float64, keepdims=True).astype(np.float32)
-    if normalize:
-        sd = x.std(axis=(1, 2), dtype=np.float64, keepdims=True)
-        x /= np.where(sd > 0, sd, 1.0).astype(np.float32)
-    if mask is not None:
-        x *= mask
-    return x
+    src = np.ascontiguousarray(images, dtype=np.float32)
+    if src.ndim != 3:
+        raise ValueError(f"images must have shape (n, N, N), got {src.shape}")
+    weights = np.ones(src.shape[1:], np.float32) if mask is None else np.ascontiguousarray(mask, np.float32)
+    out = np.empty_like(src)
+    _condition(src, out, subtract_mean or normalize, normalize, weights)
+    return out
 
 
-def spectra_half(images: NDArray[np.float32], pad: int, quantity: Quantity) -> NDArray[np.float32]:
-    """``|F|^2`` or ``|F|`` of each image, zero-padded to ``M = pad * N``.
+@njit(parallel=True, cache=True)
+def _condition(src, out, subtract_mean, normalize, mask):  # pragma: no cover - numba
+    npix = src.shape[1] * src.shape[2]
+    for i in prange(src.shape[0]):
+        total = 0.0
+        squares = 0.0
+        for r in range(src.shape[1]):
+            for c in range(src.shape[2]):
+                v = np.float64(src[i, r, c])
+                total += v
+                squares += v * v
+        mean = total / npix if subtract_mean else 0.0
+        scale = 1.0
+        if normalize:
+            var = squares / npix - mean * mean
+            if var > 0:
+                scale = 1.0 / np.sqrt(var)
+        m32 = np.float32(mean)
+        s32 = np.float32(scale)
+        for r in range(src.shape[1]):
+            for c in range(src.shape[2]):
+                out[i, r, c] = (src[i, r, c] - m32) * s32 * mask[r, c]
+
+
+def fourier_transform(images: NDArray[np.float32], pad: int) -> NDArray[np.complex64]:
+    """Unnormalised 2D FFT of each image, zero-padded to ``M = pad * N``.
 
     Parameters
     ----------
@@ -155,20 +179,50 @@ def spectra_half(images: NDArray[np.float32], pad: int, quantity: Quantity) -> N
         placement only changes phases).
     pad : int
         Padding factor >= 1.
+
+    Returns
+    -------
+    ndarray, shape (n, M, M//2 + 1), complex64
+        rfft2 half-plane layout: DC at ``[0, 0]``, row = ``ky`` (wrapping),
+        column = ``kx >= 0``.
+    """
+    m = pad * images.shape[-1]
+    # Transform the N non-zero rows along x first, then the columns: skips the padded rows.
+    f = scipy.fft.rfft(images, n=m, axis=-1, workers=-1)
+    return scipy.fft.fft(f, n=m, axis=-2, workers=-1, overwrite_x=True)
+
+
+def spectra_half(images: NDArray[np.float32], pad: int, quantity: Quantity) -> NDArray[np.float32]:
+    """``|F|^2`` or ``|F|`` of each image (see :func:`fourier_transform`).
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, N, N), float32
+        Conditioned images.
+    pad : int
+        Padding factor >= 1.
     quantity : {"power", "amplitude"}
 
     Returns
     -------
     ndarray, shape (n, M, M//2 + 1), float32
-        FFTW/rfft2 half-plane layout: DC at ``[0, 0]``, row = ``ky`` (wrapping),
-        column = ``kx >= 0``.  Unnormalised forward transform.
+        Half-plane layout of :func:`fourier_transform`.
     """
-    m = pad * images.shape[-1]
-    # Transform the N non-zero rows along x first, then the columns: skips the padded rows.
-    f = scipy.fft.rfft(images, n=m, axis=-1, workers=-1)
-    f = scipy.fft.fft(f, n=m, axis=-2, workers=-1, overwrite_x=True)
-    a = np.abs(f)
+    a = np.abs(fourier_transform(images, pad))
     return a * a if quantity == "power" else a
+
+
+@njit(parallel=True, cache=True)
+def _accumulate(f, bins, power, sums):  # pragma: no cover - numba
+    """``sums[bins[i]] += |f[i]|^2`` (or ``|f[i]|``); threads own rows, so no races."""
+    for r in prange(f.shape[1]):
+        for i in range(f.shape[0]):
+            row = sums[bins[i], r]
+            src = f[i, r]
+            for c in range(f.shape[2]):
+                v = src[c]
+                p = v.real * v.real + v.imag * v.imag
+                row[c] += p if power else np.sqrt(p)
 
 
 def half_to_full(half: NDArray[np.floating]) -> NDArray[np.float32]:
@@ -297,17 +351,13 @@ class PowerSpectrumAccumulator:
         offsets = np.mod(angles - bins * self._bin_width + math.pi / 2, math.pi) - math.pi / 2
         np.add.at(self._counts, bins, 1)
         np.add.at(self._offsets, bins, offsets)
-        order = np.argsort(bins, kind="stable")
         chunk = max(1, _CHUNK_BYTES // (8 * self.size * (self.size // 2 + 1)))
-        for start in range(0, len(order), chunk):
-            idx = order[start : start + chunk]
+        for start in range(0, len(bins), chunk):
+            sel = slice(start, start + chunk)
             x = condition_images(
-                images[idx], subtract_mean=self.mask or self.pad > 1, normalize=self.normalize, mask=self._mask
+                images[sel], subtract_mean=self.mask or self.pad > 1, normalize=self.normalize, mask=self._mask
             )
-            spec = spectra_half(x, self.pad, self.quantity)
-            b = bins[idx]
-            first = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
-            self._sums[b[first]] += np.add.reduceat(spec, first, axis=0)
+            _accumulate(fourier_transform(x, self.pad), bins[sel], self.quantity == "power", self._sums)
 
     def merge(self, other: PowerSpectrumAccumulator) -> None:
         """Add the particles of ``other`` (same settings) to this accumulator, exactly."""

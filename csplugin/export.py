@@ -1,0 +1,146 @@
+"""Aligned particle stacks: apply every particle's stored rotation and shift, write them out.
+
+:func:`export_aligned` streams a :class:`~csplugin.particles.ParticleTable` through
+:func:`csplugin.transform.align_images` chunk by chunk and writes
+
+* ``OUTDIR/particles_aligned_{k:04d}.mrcs``: the aligned images in table order, at most
+  ``particles_per_stack`` per file (image-stack header, voxel size = particle pixel size);
+* ``OUTDIR/particles.star`` (RELION 3.1) and ``OUTDIR/particles.cs`` (cryoSPARC, numpy
+  encoding) describing them, with the alignment consumed (psi, origins, ``alignments2D/pose``
+  and ``shift`` zero, helical psi priors moved into the aligned frame) and every other field
+  of the input kept.
+
+Path rule: in ``particles.star`` image names are relative to the current directory (where
+RELION runs) when the output lies below it, else absolute; in ``particles.cs``
+``blob/path`` is the stack's file name, relative to ``OUTDIR`` (give ``OUTDIR`` as the
+"particle data path" of cryoSPARC's Import Particles; csplugin resolves it as the file's
+own directory).
+
+Memory is bounded by two chunks of images (default 256) plus one output chunk, whatever the
+number of particles.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from csplugin import conventions as cv
+from csplugin.images import DEFAULT_CHUNK, check_stacks, iter_chunks
+from csplugin.particles import ParticleTable, save_particles
+from csplugin.transform import INTERPOLATIONS, align_images
+from formats import InputError
+from formats.mrc import StackWriter
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_aligned` wrote."""
+
+    star: Path
+    cs: Path
+    stacks: list[Path]
+    particles: int
+
+
+def prepare_outdir(outdir: Path, products: list[Path], overwrite: bool) -> None:
+    """Create ``outdir``, refuse to replace existing products without ``overwrite``, and
+    check that it is writable, before any work starts."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        probe = outdir / f".csplugin-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(outdir, f"cannot be written ({exc.strerror})",
+                         "choose an output directory you can write to") from None
+    existing = [p for p in products if p.exists()]
+    if existing and not overwrite:
+        raise InputError(existing[0], "already exists", "pass --overwrite to replace it")
+
+
+def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: str = "cubic",
+                   float16: bool = False, particles_per_stack: int = 10_000,
+                   chunk_size: int = DEFAULT_CHUNK, overwrite: bool = False,
+                   progress: Callable[[int], None] | None = None) -> ExportResult:
+    """Write the aligned particles of ``table`` and their metadata to ``outdir``.
+
+    Parameters
+    ----------
+    table
+        Particles to export, in output order (select classes beforehand).
+    outdir
+        Output directory (created if needed).
+    interpolation
+        ``"cubic"`` (B-spline, default) or ``"linear"`` (RELION's bilinear); see
+        :mod:`csplugin.transform`.
+    float16
+        Write mode-12 (float16) stacks, half the size.
+    particles_per_stack
+        Maximum images per output stack.
+    chunk_size
+        Images read, aligned and written at a time.
+    overwrite
+        Replace existing ``particles.star``/``particles.cs``/stacks in ``outdir``.
+    progress
+        Called with the number of particles finished after each chunk.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise InputError(None, f"unknown interpolation {interpolation!r}",
+                         f"choose one of {', '.join(INTERPOLATIONS)}")
+    if particles_per_stack < 1:
+        raise InputError(None, "--particles-per-stack must be at least 1", "give a positive number")
+    outdir = Path(outdir)
+    stacks_in = check_stacks(table)
+    pixel_size, box = table.pixel_size(), table.box()
+    n = len(table)
+    names = [outdir / f"particles_aligned_{k:04d}.mrcs"
+             for k in range((n + particles_per_stack - 1) // particles_per_stack)]
+    star_path, cs_path = outdir / "particles.star", outdir / "particles.cs"
+    prepare_outdir(outdir, [star_path, cs_path, *names], overwrite)
+
+    p = table.particles
+    angles = p["angle"].to_numpy()
+    shifts = p[["shift_x", "shift_y"]].to_numpy()
+    written: list[Path] = []
+    chunks = iter_chunks(table, min(chunk_size, particles_per_stack), stacks_in)
+    try:
+        for k, name in enumerate(names):
+            count = min(particles_per_stack, n - k * particles_per_stack)
+            with StackWriter(name, count, box, pixel_size, float16) as writer:
+                done = 0
+                while done < count:
+                    rows, images = next(chunks)
+                    writer.write(align_images(images, angles[rows], shifts[rows], interpolation))
+                    done += len(rows)
+                    if progress is not None:
+                        progress(len(rows))
+            written.append(name)
+        stack_index = np.arange(n) % particles_per_stack
+        which = np.arange(n) // particles_per_stack
+        aligned = table.with_columns(
+            stack=[str(names[w].absolute()) for w in which], stack_index=stack_index,
+            angle=0.0, shift_x=0.0, shift_y=0.0,
+            psi_prior=cv.residual_psi_prior(p["psi_prior"].to_numpy(), angles))
+        save_particles(aligned.with_columns(
+            image_path=[_relion_path(names[w]) for w in which]), star_path)
+        written.append(star_path)
+        save_particles(aligned.with_columns(image_path=[names[w].name for w in which]), cs_path)
+    except BaseException:
+        for path in written:  # no partial outputs: a failed run leaves none of its files
+            path.unlink(missing_ok=True)
+        raise
+    return ExportResult(star_path, cs_path, names, n)
+
+
+def _relion_path(path: Path) -> str:
+    """Relative to the current directory when below it (RELION's project layout), else absolute."""
+    absolute = path.absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)

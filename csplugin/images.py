@@ -1,0 +1,96 @@
+"""Stream the particle images of a table in bounded chunks.
+
+Every job reads particles the same way: check once that every stack exists and holds every
+referenced index (so a job fails before writing anything), then read ``(k, N, N)`` float32
+chunks in table order, the next chunk prefetched on a background thread while the caller
+works on the current one. Memory is bounded by two chunks whatever the particle count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from csplugin.particles import ParticleTable
+from formats import InputError
+from formats.mrc import Stack, open_stack
+
+#: Default chunk: 256 images of 256² float32 = 64 MiB.
+DEFAULT_CHUNK = 256
+
+
+def check_stacks(table: ParticleTable) -> dict[str, Stack]:
+    """Open every stack the table references and check its indices and box size.
+
+    Returns
+    -------
+    dict
+        Absolute stack path -> :class:`~formats.mrc.Stack`.
+
+    Raises
+    ------
+    InputError
+        A missing stack, an index past the end of a stack, or a box that differs from the
+        metadata.
+    """
+    if len(table) == 0:
+        raise InputError(table.source, "selects no particles",
+                         "check --classes against `csplugin info` (0-based for .cs, 1-based for .star)")
+    missing = table.missing_stacks()
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise InputError(missing[0], f"particle stack not found{more} (referenced by {table.source})",
+                         "pass --project-dir (the directory the stack paths start from)")
+    p = table.particles
+    stacks = {path: open_stack(path) for path in p["stack"].unique()}
+    last = p.groupby("stack")["stack_index"].max()
+    for path, index in last.items():
+        if index >= stacks[path].n:
+            raise InputError(path, f"has {stacks[path].n} images but {table.source} refers to "
+                             f"image {index} (0-based)", "check that the metadata matches the stacks")
+    boxes = p.groupby("stack")["box"].first()
+    for path, box in boxes.items():
+        if stacks[path].box != (box, box):
+            raise InputError(path, f"holds {stacks[path].box} images, the metadata says {box} px",
+                             "check that the metadata matches the stacks")
+    return stacks
+
+
+def read_chunk(table: ParticleTable, rows: np.ndarray, stacks: dict[str, Stack]) -> np.ndarray:
+    """Images ``(k, N, N)`` float32 of the particles at table positions ``rows`` (``(k,)``)."""
+    p = table.particles.iloc[rows]
+    box = int(p["box"].iloc[0])
+    out = np.empty((len(rows), box, box), np.float32)
+    stack_col, index_col = p["stack"].to_numpy(), p["stack_index"].to_numpy()
+    for path in np.unique(stack_col):
+        mine = np.flatnonzero(stack_col == path)
+        out[mine] = stacks[path].read(index_col[mine])
+    finite = np.isfinite(out).all(axis=(1, 2))
+    if not finite.all():
+        j = int(np.flatnonzero(~finite)[0])
+        raise InputError(stack_col[j], f"image {index_col[j]} (0-based) contains NaN or "
+                         "infinite pixels", "re-extract that particle or leave it out")
+    return out
+
+
+def iter_chunks(table: ParticleTable, chunk_size: int = DEFAULT_CHUNK,
+                stacks: dict[str, Stack] | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(rows, images)`` over the table in order, ``images`` ``(k, N, N)`` float32.
+
+    ``rows`` are table positions ``(k,)``; the next chunk is read while the caller works.
+    """
+    stacks = check_stacks(table) if stacks is None else stacks
+    starts = range(0, len(table), chunk_size)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for start in starts:
+            rows = np.arange(start, min(start + chunk_size, len(table)))
+            future = pool.submit(read_chunk, table, rows, stacks)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (rows, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()

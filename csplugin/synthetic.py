@@ -1,0 +1,238 @@
+"""Synthetic 2D-classification jobs with known alignments, rendered analytically.
+
+Class images are sums of anisotropic Gaussians, so a particle can be rendered exactly for any
+pose: with the internal convention ``A(q) = P(R(-θ) q - s)`` the raw particle is
+``P(p) = C(R(θ)(p + s))``, i.e. each Gaussian of the class image ``C`` with centre ``c`` and
+covariance ``Σ`` becomes a Gaussian with centre ``R(-θ) c - s`` and covariance
+``R(-θ) Σ R(θ)`` (pixel coordinates ``x = col - N//2``, ``y = row - N//2``).
+
+:func:`make_job` writes a small cryoSPARC project (particle stacks, a 2D-classification
+``J3_020_particles.cs`` with ``alignments2D``, its passthrough with CTF and locations in a
+different row order, and the noise-free class images) and the same particles as a RELION 3.1
+``particles.star``. It backs ``csplugin demo``, the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from formats.cs import encode, write_cs
+from formats.mrc import write_stack
+from formats.star import join_image_names, write_star
+
+
+@dataclass(frozen=True)
+class GaussianModel:
+    """A 2D image made of Gaussians.
+
+    Attributes
+    ----------
+    centres
+        ``(k, 2)`` centres ``(x, y)`` in pixels from the box centre.
+    covariances
+        ``(k, 2, 2)`` covariance matrices in px².
+    amplitudes
+        ``(k,)`` peak heights.
+    """
+
+    centres: np.ndarray
+    covariances: np.ndarray
+    amplitudes: np.ndarray
+
+
+def _rotation(angle: np.ndarray) -> np.ndarray:
+    """``R(a)`` for ``(n,)`` angles -> ``(n, 2, 2)``."""
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)
+
+
+def render(model: GaussianModel, box: int, angles: np.ndarray | None = None,
+           shifts: np.ndarray | None = None) -> np.ndarray:
+    """Render raw particles ``P(p) = C(R(θ)(p + s))`` of a class image ``C`` exactly.
+
+    Parameters
+    ----------
+    model
+        The class image ``C``.
+    box
+        Image size ``N``.
+    angles
+        ``(n,)`` internal angles θ (radians); default one image with θ = 0.
+    shifts
+        ``(n, 2)`` internal shifts ``(s_x, s_y)`` in pixels; default zero.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, N, N)`` float64 images whose aligned versions equal ``C``.
+    """
+    angles = np.zeros(1) if angles is None else np.asarray(angles, np.float64)
+    shifts = np.zeros((len(angles), 2)) if shifts is None else np.asarray(shifts, np.float64)
+    grid = np.arange(box) - box // 2
+    x, y = np.meshgrid(grid, grid)  # x varies along columns
+    back = _rotation(-angles)  # R(-θ)
+    images = np.zeros((len(angles), box, box))
+    for centre, cov, amp in zip(model.centres, model.covariances, model.amplitudes):
+        c = np.einsum("nij,j->ni", back, centre) - shifts  # (n, 2)
+        inv = np.linalg.inv(back @ cov @ np.transpose(back, (0, 2, 1)))  # (n, 2, 2)
+        dx = x[None] - c[:, 0, None, None]
+        dy = y[None] - c[:, 1, None, None]
+        q = (inv[:, 0, 0, None, None] * dx * dx + 2 * inv[:, 0, 1, None, None] * dx * dy
+             + inv[:, 1, 1, None, None] * dy * dy)
+        images += amp * np.exp(-0.5 * q)
+    return images
+
+
+def _blob(x: float, y: float, sx: float, sy: float, tilt: float = 0.0) -> tuple:
+    r = _rotation(np.array([tilt]))[0]
+    return (x, y), r @ np.diag([sx**2, sy**2]) @ r.T
+
+
+def class_models(box: int) -> list[GaussianModel]:
+    """Three test classes for a box of ``box`` px.
+
+    0. a helical filament along x: two strands of subunits (rise ``box/16`` px, pitch
+       ``box/2`` px) crossing the whole box, so its averaged power spectrum has layer lines;
+    1. an asymmetric "L" of three unequal blobs;
+    2. an off-centre elongated blob with a small satellite.
+    """
+    u = box / 64
+    rise, pitch, radius = box / 16, box / 2, 6 * u
+    xs = np.arange(-box, box + rise, rise)
+    helix = [_blob(x, radius * np.sin(2 * np.pi * x / pitch + phase), 1.4 * u, 1.4 * u)
+             for x in xs for phase in (0.0, np.pi)]
+    lshape = [_blob(-8 * u, -6 * u, 3 * u, 3 * u), _blob(6 * u, -6 * u, 2 * u, 2 * u),
+              _blob(-8 * u, 8 * u, 1.5 * u, 1.5 * u)]
+    rod = [_blob(3 * u, 2 * u, 8 * u, 2.5 * u, 0.5), _blob(-9 * u, -7 * u, 1.5 * u, 1.5 * u)]
+    models = []
+    for blobs, amp in ((helix, 1.0), (lshape, 1.0), (rod, 1.0)):
+        centres = np.array([b[0] for b in blobs], np.float64)
+        covs = np.array([b[1] for b in blobs], np.float64)
+        models.append(GaussianModel(centres, covs, np.full(len(blobs), amp)))
+    return models
+
+
+@dataclass(frozen=True)
+class SyntheticJob:
+    """Paths and ground truth of a job written by :func:`make_job`."""
+
+    project: Path
+    particles_cs: Path
+    passthrough_cs: Path
+    particles_star: Path
+    class_images: Path
+    angles: np.ndarray  # (n,) internal θ, radians
+    shifts: np.ndarray  # (n, 2) internal s, pixels
+    classes: np.ndarray  # (n,) 0-based
+    pixel_size: float
+    box: int
+
+
+def make_job(outdir: str | Path, n_per_class: int = 200, box: int = 96,
+             pixel_size: float = 1.5, noise_sigma: float = 0.5, n_stacks: int = 2,
+             max_shift: float = 4.0, seed: int = 0, float16: bool = False) -> SyntheticJob:
+    """Write a synthetic cryoSPARC 2D-classification job and its RELION equivalent.
+
+    Layout under ``outdir``::
+
+        project/J2/extract/mic{k}_particles.mrc    particle stacks (cryoSPARC names .mrc)
+        project/J3/J3_020_particles.cs             blob + alignments2D (pose, shift, class)
+        project/J3/J3_passthrough_particles.cs     ctf + location, rows in another order
+        project/J3/J3_020_class_averages.mrc       noise-free class images, slice k = class k
+        project/particles.star                     RELION 3.1, paths relative to project/
+
+    Parameters
+    ----------
+    n_per_class
+        Particles per class (3 classes).
+    noise_sigma
+        Standard deviation of the added white Gaussian noise (class peak height is 1).
+    max_shift
+        Shifts are uniform in ``[-max_shift, max_shift]`` px on each axis.
+    """
+    rng = np.random.default_rng(seed)
+    project = Path(outdir) / "project"
+    (project / "J2" / "extract").mkdir(parents=True, exist_ok=True)
+    (project / "J3").mkdir(parents=True, exist_ok=True)
+    models = class_models(box)
+    n = n_per_class * len(models)
+    classes = rng.permutation(np.repeat(np.arange(len(models)), n_per_class))
+    # float32 values, so the .cs (float32) and the .star describe exactly the same poses
+    angles = rng.uniform(0, 2 * np.pi, n).astype(np.float32).astype(np.float64)
+    shifts = rng.uniform(-max_shift, max_shift, (n, 2)).astype(np.float32).astype(np.float64)
+    stack_of = np.sort(rng.integers(0, n_stacks, n))
+    paths = np.array([f"J2/extract/mic{k:03d}_particles.mrc" for k in stack_of])
+    index = np.zeros(n, np.int64)
+    for k in range(n_stacks):
+        rows = np.flatnonzero(stack_of == k)
+        index[rows] = np.arange(len(rows))
+        images = np.empty((len(rows), box, box), np.float32)
+        for c, model in enumerate(models):
+            mine = classes[rows] == c
+            images[mine] = render(model, box, angles[rows][mine], shifts[rows][mine])
+        images += rng.normal(0, noise_sigma, images.shape).astype(np.float32)
+        write_stack(project / paths[rows[0]], images, pixel_size, float16=float16)
+    truth = np.concatenate([render(m, box) for m in models]).astype(np.float32)
+    write_stack(project / "J3" / "J3_020_class_averages.mrc", truth, pixel_size)
+
+    uid = rng.choice(2**62, n, replace=False).astype(np.uint64)
+    main = np.zeros(n, dtype=[
+        ("uid", "<u8"), ("blob/path", f"S{max(map(len, paths))}"), ("blob/idx", "<u4"),
+        ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"), ("blob/sign", "<f4"),
+        ("alignments2D/split", "<u4"), ("alignments2D/shift", "<f4", (2,)),
+        ("alignments2D/pose", "<f4"), ("alignments2D/psize_A", "<f4"),
+        ("alignments2D/class_posterior", "<f4"), ("alignments2D/class", "<u4"),
+    ])
+    main["uid"], main["blob/path"], main["blob/idx"] = uid, encode(paths), index
+    main["blob/shape"], main["blob/psize_A"], main["blob/sign"] = box, pixel_size, -1.0
+    main["alignments2D/shift"], main["alignments2D/pose"] = shifts, angles
+    main["alignments2D/psize_A"] = pixel_size
+    main["alignments2D/class_posterior"] = rng.uniform(0.5, 1.0, n)
+    main["alignments2D/class"] = classes
+    defocus = np.round(rng.uniform(8000, 25000, n))
+    passthrough = np.zeros(n, dtype=[
+        ("uid", "<u8"), ("ctf/type", "S9"), ("ctf/exp_group_id", "<u4"), ("ctf/accel_kv", "<f4"),
+        ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"),
+        ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"),
+        ("ctf/scale", "<f4"), ("ctf/bfactor", "<f4"), ("location/micrograph_path", "S40"),
+        ("location/micrograph_shape", "<u4", (2,)), ("location/center_x_frac", "<f4"),
+        ("location/center_y_frac", "<f4"),
+    ])
+    passthrough["uid"], passthrough["ctf/type"], passthrough["ctf/exp_group_id"] = uid, b"spline", 1
+    passthrough["ctf/accel_kv"], passthrough["ctf/cs_mm"] = 300.0, 2.7
+    passthrough["ctf/amp_contrast"], passthrough["ctf/scale"] = 0.1, 1.0
+    passthrough["ctf/df1_A"], passthrough["ctf/df2_A"] = defocus + 300, defocus - 300
+    passthrough["ctf/df_angle_rad"] = rng.uniform(0, np.pi, n).astype(np.float32)
+    passthrough["location/micrograph_path"] = encode([f"J1/mic{k:03d}.mrc" for k in stack_of])
+    passthrough["location/micrograph_shape"] = (4096, 4096)
+    passthrough["location/center_x_frac"] = rng.uniform(0.05, 0.95, n)
+    passthrough["location/center_y_frac"] = rng.uniform(0.05, 0.95, n)
+    particles_cs = project / "J3" / "J3_020_particles.cs"
+    passthrough_cs = project / "J3" / "J3_passthrough_particles.cs"
+    write_cs(particles_cs, main)
+    write_cs(passthrough_cs, passthrough[rng.permutation(n)])  # merge must use uid
+
+    optics = pd.DataFrame({
+        "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+        "rlnAmplitudeContrast": [0.1], "rlnSphericalAberration": [2.7], "rlnVoltage": [300.0],
+        "rlnImagePixelSize": [float(np.float32(pixel_size))], "rlnImageSize": [box], "rlnImageDimensionality": [2],
+    })
+    star = pd.DataFrame({
+        "rlnImageName": join_image_names(index + 1, paths),
+        "rlnMicrographName": [f"J1/mic{k:03d}.mrc" for k in stack_of],
+        "rlnDefocusU": defocus + 300, "rlnDefocusV": defocus - 300,
+        "rlnDefocusAngle": np.rad2deg(passthrough["ctf/df_angle_rad"].astype(np.float64)),
+        "rlnAnglePsi": np.rad2deg(angles),
+        "rlnOriginXAngst": shifts[:, 0] * np.float32(pixel_size),
+        "rlnOriginYAngst": shifts[:, 1] * np.float32(pixel_size),
+        "rlnClassNumber": classes + 1, "rlnOpticsGroup": 1,
+    })
+    particles_star = project / "particles.star"
+    write_star(particles_star, {"optics": optics, "particles": star})
+    return SyntheticJob(project, particles_cs, passthrough_cs, particles_star,
+                        project / "J3" / "J3_020_class_averages.mrc", angles, shifts, classes,
+                        pixel_size, box)
