@@ -63,7 +63,7 @@ INTERPOLATIONS: tuple[str, ...] = ("linear", "cubic")
 _EPS = 1e-6  # RELION's XMIPP_EQUAL_ACCURACY: tolerance of the "inside the box" test
 _POLE = np.sqrt(3.0) - 2.0  # pole of the cubic B-spline prefilter
 _HORIZON = 24  # |pole|**24 < 2e-14: truncation of the causal initial sum
-_PAD = 2  # mirror padding of the coefficient array (cubic needs indices -1..N)
+_PAD = 2  # mirror padding of the coefficient array (cubic reads indices -1..N+1)
 
 
 def source_coordinates(angle: float, shift: ArrayLike, n: int) -> NDArray[np.float64]:
@@ -132,12 +132,16 @@ def align_images(
     sh = np.asarray(shifts, dtype=np.float64)
     if ang.shape != (n,) or sh.shape != (n, 2):
         raise ValueError(f"need angles of shape ({n},) and shifts ({n}, 2), got {ang.shape}, {sh.shape}")
+    if not (np.isfinite(ang).all() and np.isfinite(sh).all()):
+        raise ValueError("angles and shifts must be finite")
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     if out is None:
         out = np.empty(imgs.shape, dtype=np.float32)
     elif out.shape != imgs.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {imgs.shape}")
+    elif np.may_share_memory(out, imgs):
+        raise ValueError("out must not overlap images")
     if n:
         kernel = _align_cubic if interpolation == "cubic" else _align_linear
         kernel(imgs, np.cos(ang), np.sin(ang), sh, out)
@@ -153,9 +157,11 @@ def _align_linear(imgs, cos_t, sin_t, shifts, out):  # pragma: no cover - numba
 @njit(parallel=True, cache=True)
 def _align_cubic(imgs, cos_t, sin_t, shifts, out):  # pragma: no cover - numba
     n = imgs.shape[1]
+    m = n + 2 * _PAD
     for k in prange(imgs.shape[0]):
-        coef = np.empty((n + 2 * _PAD, n + 2 * _PAD), dtype=np.float32)
-        _spline_coefficients(imgs[k], coef)
+        coef = np.empty((m, m), dtype=np.float32)
+        work = np.empty((m, m), dtype=np.float32)
+        _spline_coefficients(imgs[k], coef, work)
         _bspline(coef, cos_t[k], sin_t[k], shifts[k, 0], shifts[k, 1], out[k])
 
 
@@ -190,92 +196,118 @@ def _bilinear(img, c, s, sx, sy, out):  # pragma: no cover - numba
 
 @njit(cache=True)
 def _bspline(coef, c, s, sx, sy, out):  # pragma: no cover - numba
-    """Evaluate the cubic spline with mirror-padded coefficients ``coef``."""
+    """Evaluate the spline whose transposed, mirror-padded coefficients are ``coef``.
+
+    Per output row, a vectorisable pass computes the 8 weights and the flat
+    index of the 4x4 neighbourhood of every pixel; a second pass does the
+    lookups.  Indices are clamped into the box (so every load is valid) and
+    unsigned (so numba emits no negative-index fix-ups).
+    """
     n = out.shape[0]
+    m = coef.shape[1]
     h = n // 2
     hi = n - 1 + _EPS
+    flat = coef.ravel()
+    base = np.empty(n, dtype=np.uint64)
+    wts = np.empty((8, n), dtype=np.float32)
+    inside = np.empty(n, dtype=np.bool_)
+    one, two, three, step = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(m)
     for i in range(n):
         y = i - h
+        u0 = s * y - sx + h
+        v0 = c * y - sy + h
         for j in range(n):
             x = j - h
-            u = c * x + s * y - sx + h
-            v = -s * x + c * y - sy + h
-            if u < -_EPS or u > hi or v < -_EPS or v > hi:
-                out[i, j] = 0.0
-                continue
-            iu = int(u)  # truncation: t < 0 only within _EPS, where the cubic piece is still exact
-            iv = int(v)
-            t = u - iu
-            a0, a1, a2, a3 = _weights(t)
-            t = v - iv
-            b0, b1, b2, b3 = _weights(t)
-            r = iv + _PAD - 1
-            col = iu + _PAD - 1
-            val = 0.0
-            val += b0 * (a0 * coef[r, col] + a1 * coef[r, col + 1] + a2 * coef[r, col + 2] + a3 * coef[r, col + 3])
-            r += 1
-            val += b1 * (a0 * coef[r, col] + a1 * coef[r, col + 1] + a2 * coef[r, col + 2] + a3 * coef[r, col + 3])
-            r += 1
-            val += b2 * (a0 * coef[r, col] + a1 * coef[r, col + 1] + a2 * coef[r, col + 2] + a3 * coef[r, col + 3])
-            r += 1
-            val += b3 * (a0 * coef[r, col] + a1 * coef[r, col + 1] + a2 * coef[r, col + 2] + a3 * coef[r, col + 3])
-            out[i, j] = val
+            u = c * x + u0
+            v = -s * x + v0
+            inside[j] = (u >= -_EPS) & (u <= hi) & (v >= -_EPS) & (v <= hi)
+            # truncation: t < 0 only within _EPS of the edge, where the cubic piece is still exact
+            iu = min(max(int(u), 0), n - 1)
+            iv = min(max(int(v), 0), n - 1)
+            base[j] = (iu + _PAD - 1) * m + iv + _PAD - 1
+            wts[0, j], wts[1, j], wts[2, j], wts[3, j] = _weights(np.float32(u - iu))
+            wts[4, j], wts[5, j], wts[6, j], wts[7, j] = _weights(np.float32(v - iv))
+        for j in range(n):
+            b0, b1, b2, b3 = wts[4, j], wts[5, j], wts[6, j], wts[7, j]
+            p = base[j]
+            val = wts[0, j] * (b0 * flat[p] + b1 * flat[p + one] + b2 * flat[p + two] + b3 * flat[p + three])
+            p += step
+            val += wts[1, j] * (b0 * flat[p] + b1 * flat[p + one] + b2 * flat[p + two] + b3 * flat[p + three])
+            p += step
+            val += wts[2, j] * (b0 * flat[p] + b1 * flat[p + one] + b2 * flat[p + two] + b3 * flat[p + three])
+            p += step
+            val += wts[3, j] * (b0 * flat[p] + b1 * flat[p + one] + b2 * flat[p + two] + b3 * flat[p + three])
+            out[i, j] = val if inside[j] else np.float32(0.0)
 
 
 @njit(cache=True, inline="always")
 def _weights(t):  # pragma: no cover - numba
-    """Cubic B-spline weights of the samples at offsets -1, 0, 1, 2 from ``t`` in [0, 1)."""
+    """6x the cubic B-spline weights of the samples at offsets -1, 0, 1, 2 from ``t`` in [0, 1).
+
+    The factor 6 per axis cancels the gain the prefilter leaves out.
+    """
     t2 = t * t
     t3 = t2 * t
-    w3 = t3 / 6.0
-    w0 = 1.0 / 6.0 + 0.5 * (t2 - t) - w3
-    w2 = t + w0 - 2.0 * w3
-    w1 = 1.0 - w0 - w2 - w3
-    return w0, w1, w2, w3
+    w0 = np.float32(1.0) + np.float32(3.0) * (t2 - t) - t3  # (1 - t)^3
+    w2 = w0 + np.float32(6.0) * t - np.float32(2.0) * t3  # 1 + 3t + 3t^2 - 3t^3
+    return w0, np.float32(6.0) - w0 - w2 - t3, w2, t3
 
 
 @njit(cache=True)
-def _spline_coefficients(img, coef):  # pragma: no cover - numba
-    """Cubic B-spline coefficients of ``img`` (mirror boundary), mirror-padded into ``coef``."""
+def _spline_coefficients(img, coef, work):  # pragma: no cover - numba
+    """``coef[PAD + x, PAD + y]`` = B-spline coefficients / 36 of ``img[y, x]``, mirror-padded.
+
+    Mirror boundary as scipy's ``spline_filter(mode="mirror")``.  Both passes
+    filter along axis 0 (vectorised over whole rows); the transpose in between
+    goes through padded (non power-of-two) strides.  ``work`` is scratch of
+    the same shape as ``coef``.
+    """
     n = img.shape[0]
-    tmp = img.T.copy()  # filter along x as rows of the transpose (vectorised over y)
-    _filter_rows(tmp)
-    inner = coef[_PAD : _PAD + n, _PAD : _PAD + n]
-    inner[:] = tmp.T
-    _filter_rows(inner)
+    for i in range(n):
+        for j in range(n):
+            work[_PAD + i, _PAD + j] = img[i, j]
+    _filter_axis0(work, n)  # along y
+    for i in range(n):
+        for j in range(n):
+            coef[_PAD + j, _PAD + i] = work[_PAD + i, _PAD + j]
+    _filter_axis0(coef, n)  # along x
     for p in range(1, _PAD + 1):  # mirror about the first/last sample: c[-p] = c[p]
-        coef[_PAD - p] = coef[_PAD + p]
-        coef[_PAD + n - 1 + p] = coef[_PAD + n - 1 - p]
-    for p in range(1, _PAD + 1):
-        coef[:, _PAD - p] = coef[:, _PAD + p]
-        coef[:, _PAD + n - 1 + p] = coef[:, _PAD + n - 1 - p]
+        for j in range(n):
+            coef[_PAD - p, _PAD + j] = coef[_PAD + p, _PAD + j]
+            coef[_PAD + n - 1 + p, _PAD + j] = coef[_PAD + n - 1 - p, _PAD + j]
+    for i in range(n + 2 * _PAD):
+        for p in range(1, _PAD + 1):
+            coef[i, _PAD - p] = coef[i, _PAD + p]
+            coef[i, _PAD + n - 1 + p] = coef[i, _PAD + n - 1 - p]
 
 
 @njit(cache=True)
-def _filter_rows(a):  # pragma: no cover - numba
-    """In-place cubic B-spline prefilter along axis 0 (mirror boundary), gain 6 included."""
-    n = a.shape[0]
+def _filter_axis0(a, n):  # pragma: no cover - numba
+    """In-place cubic B-spline prefilter (without its gain of 6) along axis 0 of ``a[PAD:PAD+n, PAD:PAD+n]``.
+
+    Causal/anticausal recursion with pole ``z = sqrt(3) - 2``; the causal
+    start sums the mirror-extended signal over ``_HORIZON`` terms.
+    """
     z = np.float32(_POLE)
-    six = np.float32(6.0)
     period = 2 * n - 2
-    m = a.shape[1]
-    first = np.zeros(m, dtype=np.float32)
+    first = np.zeros(n, dtype=np.float32)
     zk = np.float32(1.0)
     for k in range(_HORIZON):
         r = k % period
         if r >= n:
             r = period - r
-        for j in range(m):
-            first[j] += zk * a[r, j]
+        for j in range(n):
+            first[j] += zk * a[_PAD + r, _PAD + j]
         zk *= z
-    for j in range(m):
-        a[0, j] = six * first[j]
+    for j in range(n):
+        a[_PAD, _PAD + j] = first[j]
     for i in range(1, n):
-        for j in range(m):
-            a[i, j] = six * a[i, j] + z * a[i - 1, j]
+        for j in range(n):
+            a[_PAD + i, _PAD + j] += z * a[_PAD + i - 1, _PAD + j]
     g = z / (z * z - np.float32(1.0))
-    for j in range(m):
-        a[n - 1, j] = g * (a[n - 1, j] + z * a[n - 2, j])
+    last = _PAD + n - 1
+    for j in range(n):
+        a[last, _PAD + j] = g * (a[last, _PAD + j] + z * a[last - 1, _PAD + j])
     for i in range(n - 2, -1, -1):
-        for j in range(m):
-            a[i, j] = z * (a[i + 1, j] - a[i, j])
+        for j in range(n):
+            a[_PAD + i, _PAD + j] = z * (a[_PAD + i + 1, _PAD + j] - a[_PAD + i, _PAD + j])

@@ -14,7 +14,7 @@ read-only memory map of the data for interactive use.
 
 from __future__ import annotations
 
-import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,16 +129,23 @@ def open_stack(path: str | Path) -> Stack:
     if not path.is_file():
         raise InputError(path, "particle stack not found",
                          "check --project-dir or the paths in the metadata")
-    try:
-        with mrcfile.open(path, header_only=True, permissive=False) as mrc:
+    try:  # permissive: old RELION/SPIDER stacks lack the 'MAP ' id; we check what matters
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mrc = mrcfile.open(path, header_only=True, permissive=True)
+        with mrc:
             header = mrc.header
             mode = int(header.mode)
             nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
-            offset = 1024 + int(header.nsymbt)
+            nsymbt = int(header.nsymbt)
+            offset = 1024 + nsymbt
             voxel = float(mrc.voxel_size.x)
     except (ValueError, OSError) as exc:
         raise InputError(path, f"is not a readable MRC file ({exc})",
                          "check that it is an MRC particle stack") from None
+    if min(nx, ny, nz) < 1 or nsymbt < 0:
+        raise InputError(path, "has an MRC header with impossible sizes",
+                         "check that it is an MRC particle stack")
     if mode not in MODES:
         raise InputError(path, f"has MRC mode {mode}, not a real-valued particle stack",
                          "convert it to float32 (mode 2)")
