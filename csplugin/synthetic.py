@@ -139,7 +139,7 @@ def make_job(outdir: str | Path, n_per_class: int = 200, box: int = 96,
 
     Layout under ``outdir``::
 
-        project/J2/extract/mic{k}_particles.mrc    particle stacks (cryoSPARC names .mrc)
+        project/J2/extract/mic{k}_particles.mrcs   particle stacks (.mrcs, as RELION needs)
         project/J3/J3_020_particles.cs             blob + alignments2D (pose, shift, class)
         project/J3/J3_passthrough_particles.cs     ctf + location, rows in another order
         project/J3/J3_020_class_averages.mrc       noise-free class images, slice k = class k
@@ -165,7 +165,7 @@ def make_job(outdir: str | Path, n_per_class: int = 200, box: int = 96,
     angles = rng.uniform(0, 2 * np.pi, n).astype(np.float32).astype(np.float64)
     shifts = rng.uniform(-max_shift, max_shift, (n, 2)).astype(np.float32).astype(np.float64)
     stack_of = np.sort(rng.integers(0, n_stacks, n))
-    paths = np.array([f"J2/extract/mic{k:03d}_particles.mrc" for k in stack_of])
+    paths = np.array([f"J2/extract/mic{k:03d}_particles.mrcs" for k in stack_of])
     index = np.zeros(n, np.int64)
     for k in range(n_stacks):
         rows = np.flatnonzero(stack_of == k)
