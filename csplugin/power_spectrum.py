@@ -288,9 +288,9 @@ class PowerSpectrumAccumulator:
         (module docstring).
     psi_bin_deg : float
         Width of the in-plane angle bins in degrees (bins cover 0-180 degrees).
-        Memory: ``180 / psi_bin_deg * M * (M//2 + 1) * 4`` bytes for the
-        populated bins (about 190 MB at N = 256, pad 2, 0.5 degrees, if all
-        bins are populated).
+        Memory: ``M * (M//2 + 1) * 4`` bytes per populated bin (190 MB at
+        N = 256, pad 2, 0.5 degrees with all 360 bins populated).  The float32
+        sums round to ~1e-6 relative, ~1e-4 with 10^6 particles in one bin.
     quantity : {"power", "amplitude"}
         Average ``|F|^2`` or ``|F|``.
     """
@@ -349,8 +349,6 @@ class PowerSpectrumAccumulator:
         bins = np.rint(np.mod(angles, math.pi) / self._bin_width).astype(np.int64) % self.n_bins
         # Offset from the bin centre, wrapped into [-pi/2, pi/2).
         offsets = np.mod(angles - bins * self._bin_width + math.pi / 2, math.pi) - math.pi / 2
-        np.add.at(self._counts, bins, 1)
-        np.add.at(self._offsets, bins, offsets)
         chunk = max(1, _CHUNK_BYTES // (8 * self.size * (self.size // 2 + 1)))
         for start in range(0, len(bins), chunk):
             sel = slice(start, start + chunk)
@@ -358,6 +356,8 @@ class PowerSpectrumAccumulator:
                 images[sel], subtract_mean=self.mask or self.pad > 1, normalize=self.normalize, mask=self._mask
             )
             _accumulate(fourier_transform(x, self.pad), bins[sel], self.quantity == "power", self._sums)
+        np.add.at(self._counts, bins, 1)
+        np.add.at(self._offsets, bins, offsets)
 
     def merge(self, other: PowerSpectrumAccumulator) -> None:
         """Add the particles of ``other`` (same settings) to this accumulator, exactly."""
@@ -412,7 +412,7 @@ class PowerSpectrumAccumulator:
             if lines is not None:
                 weighted += _rotate(full * lines, ang).sum(axis=0)
                 counts = self._counts[used[sel]].astype(np.float32)
-                weight += np.tensordot(counts, _rotate(np.broadcast_to(lines, full.shape), ang), axes=1)
+                weight += _rotate(np.multiply.outer(counts, lines), ang).sum(axis=0)
         plain /= self.n
         if lines is None:
             return plain.astype(np.float32)

@@ -1,0 +1,115 @@
+"""Shared helpers for the benchmark scripts: a large synthetic data set and timed runs.
+
+The data set is noise images (content does not change the cost) in stacks of 500, with a
+cryoSPARC ``.cs`` and a RELION 3.1 ``.star`` (absolute paths, so RELION's relative-path
+memory leak does not distort its figures) carrying random alignments and 3 classes.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from formats.cs import encode, write_cs
+from formats.mrc import StackWriter
+from formats.star import join_image_names, write_star
+
+PER_STACK = 500
+
+
+def make_dataset(root: Path, n: int, box: int, pixel_size: float = 1.2, seed: int = 0
+                 ) -> tuple[Path, Path]:
+    """Write ``n`` noise particles of ``box``² under ``root``; return (.cs, .star) paths.
+
+    Reuses an existing data set of the same size.
+    """
+    root = root / f"n{n}_box{box}"
+    cs_path, star_path = root / "particles.cs", root / "particles.star"
+    if cs_path.is_file() and star_path.is_file():
+        return cs_path, star_path
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths, index = [], []
+    for k, start in enumerate(range(0, n, PER_STACK)):
+        count = min(PER_STACK, n - start)
+        path = root / f"stack{k:04d}.mrcs"
+        with StackWriter(path, count, box, pixel_size) as writer:
+            for first in range(0, count, 100):
+                writer.write(rng.standard_normal((min(100, count - first), box, box),
+                                                 dtype=np.float32))
+        paths += [str(path)] * count
+        index += range(count)
+    angles = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
+    shifts = rng.uniform(-6, 6, (n, 2)).astype(np.float32)
+    classes = rng.integers(0, 3, n)
+    data = np.zeros(n, dtype=[("uid", "<u8"), ("blob/path", f"S{len(paths[0])}"),
+                              ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
+                              ("blob/psize_A", "<f4"), ("alignments2D/shift", "<f4", (2,)),
+                              ("alignments2D/pose", "<f4"), ("alignments2D/psize_A", "<f4"),
+                              ("alignments2D/class", "<u4")])
+    data["uid"], data["blob/path"], data["blob/idx"] = np.arange(n), encode(paths), index
+    data["blob/shape"], data["blob/psize_A"] = box, pixel_size
+    data["alignments2D/shift"], data["alignments2D/pose"] = shifts, angles
+    data["alignments2D/psize_A"], data["alignments2D/class"] = pixel_size, classes
+    write_cs(cs_path, data)
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                           "rlnAmplitudeContrast": [0.1], "rlnSphericalAberration": [2.7],
+                           "rlnVoltage": [300.0], "rlnImagePixelSize": [pixel_size],
+                           "rlnImageSize": [box], "rlnImageDimensionality": [2]})
+    particles = pd.DataFrame({
+        "rlnImageName": join_image_names(np.asarray(index) + 1, np.asarray(paths)),
+        "rlnAnglePsi": np.rad2deg(angles.astype(float)),
+        "rlnOriginXAngst": shifts[:, 0] * pixel_size, "rlnOriginYAngst": shifts[:, 1] * pixel_size,
+        "rlnClassNumber": classes + 1, "rlnOpticsGroup": 1})
+    write_star(star_path, {"optics": optics, "particles": particles})
+    return cs_path, star_path
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall time (s), CPU time (user+sys, s) and peak resident memory (MB) of a command."""
+
+    wall: float
+    cpu: float
+    peak_mb: float
+
+
+def timed(command: list[str], cwd: Path | None = None) -> Timing:
+    """Run ``command`` under ``/usr/bin/time`` and return its timing; raise on failure."""
+    start = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-f", "TIME %U %S %M", *command], cwd=cwd,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed:\n{done.stderr[-2000:]}")
+    user, system, kb = re.findall(r"TIME ([\d.]+) ([\d.]+) (\d+)", done.stderr)[-1]
+    return Timing(wall, float(user) + float(system), int(kb) / 1024)
+
+
+def warm_cache(root: Path) -> None:
+    """Read every stack once so that timed runs start from a warm page cache."""
+    for path in sorted(root.glob("*.mrcs")):
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def machine() -> str:
+    """One line describing this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = cpu
+    import os
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.python_version()}"
