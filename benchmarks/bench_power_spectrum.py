@@ -52,10 +52,8 @@ def time_relion(images: np.ndarray, angles: np.ndarray) -> float:
         rows = (f"{i + 1:06d}@{stack} {np.rad2deg(a):.6f} 1\n" for i, a in enumerate(angles))
         star.write_text(header + "".join(rows))
         start = time.perf_counter()
-        subprocess.run(
-            ["relion_image_handler", "--i", str(star), "--o", str(Path(tmp) / "ps.mrc"), "--avg_ampl2_ali"],
-            check=True, capture_output=True,
-        )
+        command = ["relion_image_handler", "--i", str(star), "--o", str(Path(tmp) / "ps.mrc")]
+        subprocess.run([*command, "--avg_ampl2_ali"], check=True, capture_output=True)
         return time.perf_counter() - start
 
 
@@ -73,7 +71,8 @@ def main() -> None:
     for pad in args.pads:
         add_s, result_s = time_csplugin(images, angles, pad)
         print(
-            f"csplugin pad {pad}: add {args.count / add_s:8,.0f} img/s, result() {result_s:5.2f} s, "
+            f"csplugin pad {pad}: add {args.count / add_s:8,.0f} img/s, "
+            f"result() {result_s:5.2f} s, "
             f"overall {args.count / (add_s + result_s):8,.0f} img/s"
         )
     if args.relion:
