@@ -199,6 +199,150 @@ def demo(
         out.print(line)
 
 
+@app.command("power-spectrum")
+def power_spectrum_cmd(
+    file: Input,
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    classes: Classes = None,
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    pad: Annotated[int, typer.Option(help="FFT padding factor (1 or 2; 2 samples the "
+                                          "spectrum finely enough to rotate it well).")] = 2,
+    mask: Annotated[bool, typer.Option(help="Soft circular mask (radius 0.45 N, cosine edge "
+                                            "0.05 N) against box-edge streaks.")] = True,
+    normalize: Annotated[bool, typer.Option(help="Scale each image to mean 0, sigma 1 "
+                                                 "before the FFT.")] = True,
+    power: Annotated[bool, typer.Option("--power/--amplitude", help="Average |F|² (power) "
+                                        "or |F| (amplitude).")] = True,
+    log: Annotated[bool, typer.Option("--log/--linear", help="Write log10(1 + P/median) "
+                                      "instead of linear values.")] = False,
+    crop_resolution: Annotated[Optional[float], typer.Option(
+        help="Crop the spectra at this resolution (Å); the header pixel size becomes "
+             "resolution/2 so the edge still reads as Nyquist.")] = None,
+    suppress_detector_lines: Annotated[bool, typer.Option(
+        "--suppress-detector-lines/--keep-detector-lines",
+        help="Mask the kx=0 and ky=0 lines of each unrotated spectrum (camera-fixed "
+             "artefacts) before rotating; other particles fill them in.")] = True,
+    axis: Annotated[str, typer.Option(help="'class': keep the 2D class frame; 'vertical' "
+                                      "(HILL, Bsoft) or 'horizontal' (RELION): turn each "
+                                      "class so its helical axis lies that way.")] = "class",
+    axis_angle: Annotated[Optional[str], typer.Option(
+        help="Helical axis per class, degrees from +x towards +y, e.g. '0:12.5,3:-40' "
+             "(class numbers in the input's numbering); default: estimated.")] = None,
+    class_averages: Annotated[Optional[Path], typer.Option(
+        help="Stored class averages for the axis estimate (cryoSPARC J##_class_averages.mrc "
+             "or RELION _classes.mrcs); default: rebuilt from up to 500 aligned particles "
+             "per class.")] = None,
+    psi_bin: Annotated[float, typer.Option(help="Width of the psi bins (degrees).")] = 0.5,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Averaged power spectra of the aligned particles, per class and pooled, for helical
+    indexing: the incoherent average of |F|² (not the spectrum of the class average).
+
+    Writes ps_class{k}.mrc (k in the input's numbering), ps_all.mrc and ps_camera_frame.mrc
+    (the unrotated average, which shows detector-fixed lines): float32, full plane, zero
+    frequency at (N//2, N//2), header pixel size such that the edge is Nyquist; a PNG of
+    each on axes in 1/Å; meridian/equator/radial profiles as CSV and PNG; summary.json.
+    """
+    from csplugin.particles import open_particles
+    from csplugin.spectra import SpectrumOptions, power_spectra
+
+    if axis not in ("class", "vertical", "horizontal"):
+        raise InputError(None, f"--axis {axis!r} is not one of class, vertical, horizontal",
+                         "choose --axis class, vertical or horizontal")
+    options = SpectrumOptions(pad=pad, mask=mask, normalize=normalize,
+                              quantity="power" if power else "amplitude", log=log,
+                              crop_resolution=crop_resolution,
+                              suppress_detector_lines=suppress_detector_lines,
+                              psi_bin_deg=psi_bin, axis=axis)  # type: ignore[arg-type]
+    table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
+    with _progress(quiet, "spectra", len(table)) as advance:
+        result = power_spectra(table, outdir, options, class_averages=class_averages,
+                               axis_angles=_parse_angles(axis_angle), overwrite=overwrite,
+                               progress=advance)
+    counts = ", ".join(f"{k}: {c}" for k, c in result.classes.items())
+    err.print(f"wrote spectra of {sum(result.classes.values()) or 'all'} particles "
+              f"(classes {counts or '-'}) to {result.outdir}")
+
+
+def _parse_angles(text: str | None) -> dict[int, float] | None:
+    """Parse ``"0:12.5,3:-40"`` into ``{0: 12.5, 3: -40.0}``."""
+    if text is None:
+        return None
+    try:
+        return {int(k): float(v) for k, v in (part.split(":") for part in text.split(","))}
+    except ValueError:
+        raise InputError(None, f"--axis-angle {text!r} is not a list like '0:12.5,3:-40'",
+                         "give class:degrees pairs separated by commas") from None
+
+
+@app.command("class-averages")
+def class_averages_cmd(
+    file: Input,
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    classes: Classes = None,
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    stacker: Annotated[str, typer.Option(
+        help="'mean' (one streaming pass), 'median', 'sigma-rejection' or 'winsorized' "
+             "(order statistics: each class is spilled once to a temporary file in OUTDIR "
+             "and stacked in pixel tiles).")] = "mean",
+    sigma: Annotated[float, typer.Option(help="sigma-rejection: reject beyond this many "
+                                              "standard deviations.")] = 3.0,
+    percentile: Annotated[float, typer.Option(help="winsorized: fraction clipped at each "
+                                                   "end, in [0, 0.5).")] = 0.1,
+    weights: Annotated[str, typer.Option(
+        help="'none' or 'posterior' (alignments2D/class_posterior, "
+             "rlnMaxValueProbDistribution).")] = "none",
+    ctf: Annotated[str, typer.Option(
+        help="'none', 'phase-flip' (multiply each aligned particle's FT by the sign of its "
+             "CTF) or 'wiener' (Σ w CTF F / (Σ w CTF² + 1/SNR); mean only).")] = "none",
+    wiener_snr: Annotated[Optional[float], typer.Option(
+        help="Per-particle SNR of the Wiener filter (default: estimated per class from the "
+             "FRC of two half-sets).")] = None,
+    invert_contrast: Annotated[bool, typer.Option("--invert-contrast",
+                                                  help="Negate the averages.")] = False,
+    interpolation: Interpolation = "cubic",
+    compare: Annotated[Optional[Path], typer.Option(
+        help="Class averages of the same job (cryoSPARC J##_class_averages.mrc or RELION "
+             "_classes.mrcs) to correlate with, slice = 0-based class index; writes "
+             "compare.csv.")] = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Rebuild the class averages from the stored alignments: each class's particles are
+    aligned as export-aligned does (A(q) = P(R(-θ)q - s)) and stacked.
+
+    Outputs in OUTDIR: class_averages.mrcs (slice i = i-th class in ascending class number,
+    voxel size = pixel size), class_averages.cs (cryoSPARC class-averages layout, plus
+    alignments2D/class 0-based and alignments2D/num_particles), class_averages.star (RELION
+    data_model_classes with rlnClassNumber 1-based, rlnClassDistribution and
+    rlnClassParticleCount) and class_averages.png (montage with class numbers as in IN and
+    particle counts).
+    """
+    from csplugin.class_averages import class_averages, select_classes
+    from csplugin.particles import open_particles
+
+    table = select_classes(open_particles(file, passthrough, project_dir), parse_classes(classes))
+    total = int((table.particles["class_index"] >= 0).sum())
+    with _progress(quiet, "averaging", total) as advance:
+        result = class_averages(
+            table, outdir, stacker=stacker, sigma=sigma, percentile=percentile, weights=weights,
+            ctf=ctf, wiener_snr=wiener_snr, invert_contrast=invert_contrast,
+            interpolation=interpolation, compare=compare, overwrite=overwrite, progress=advance)
+    if result.snr is not None:
+        for number, snr in zip(result.classes, result.snr):
+            err.print(f"class {number}: Wiener SNR {snr:.3g}")
+    if result.comparison is not None:
+        out.print("class  particles  correlation")
+        for row in result.comparison.itertuples(index=False):
+            out.print(f"{row[0]:>5}  {row[2]:>9}  {row[3]:>11.4f}")
+    err.print(f"wrote {len(result.classes)} class averages of {int(result.counts.sum())} "
+              f"particles: {result.mrcs}, {result.cs.name}, {result.star.name}, "
+              f"{result.png.name}" + (f", {result.compare_csv.name}" if result.compare_csv else ""))
+
+
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise InputError(path, "already exists", "pass --overwrite to replace it")

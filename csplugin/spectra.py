@@ -1,0 +1,239 @@
+"""Averaged power spectra of aligned segments, per class and pooled: the power-spectrum job.
+
+For each selected class the incoherent average ``Σ rot_θ(|F|²) / n`` of its particles is
+computed with :class:`csplugin.power_spectrum.PowerSpectrumAccumulator` (one FFT per
+particle; spectra summed in fine psi bins and each bin rotated once), and the pooled spectrum
+of all selected particles is the sum of the class accumulators. Outputs in ``OUTDIR``:
+
+=============================  ==========================================================
+``ps_class{k}.mrc``            spectrum of class k (k in the input's numbering), float32,
+                               full plane, zero frequency at ``(M//2, M//2)``, voxel size
+                               such that the edge is Nyquist (the particles' pixel size,
+                               or resolution/2 after ``crop_resolution``)
+``ps_all.mrc``                 pooled spectrum of every selected particle
+``ps_camera_frame.mrc``        pooled spectrum of the *unrotated* particles: detector-fixed
+                               artefacts show as lines through the centre
+``*.png``                      each spectrum with axes in 1/Å (log display)
+``*_profiles.csv`` / ``.png``  meridian, equator and radial profiles vs 1/Å
+``summary.json``               classes, particle counts, axis angles, options, pixel size
+=============================  ==========================================================
+
+Orientation (``axis``): ``"class"`` keeps the 2D-classification frame; ``"vertical"`` (HILL,
+Bsoft) and ``"horizontal"`` (RELION display) turn each class so that its helical axis lies
+that way. The axis of a class is taken from ``axis_angles`` when given, else from the stored
+class average (``class_averages``: slice = 0-based class index, as in cryoSPARC's
+``J##_class_averages.mrc`` and RELION's ``_classes.mrcs``), else from an average rebuilt from
+up to ``AXIS_PARTICLES`` aligned particles of the class; in each case by
+:func:`csplugin.power_spectrum.estimate_axis_angle` (principal axis of the bright density).
+The pooled spectrum is turned by the same rule using the largest class's axis.
+
+Memory: each class accumulator holds at most ``180/psi_bin_deg`` bins of ``M (M//2+1)``
+float32; classes are processed in groups that fit ``memory_budget`` bytes, each group in
+its own pass over only its particles, so every particle is still read once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from csplugin import figures
+from csplugin.export import prepare_outdir
+from csplugin.images import check_stacks, iter_chunks
+from csplugin.particles import ParticleTable
+from csplugin.power_spectrum import (PowerSpectrumAccumulator, axis_rotation, crop_to_resolution,
+                                     estimate_axis_angle, profiles, to_log)
+from csplugin.transform import align_images
+from formats import InputError
+from formats.atomic import atomic_output
+from formats.mrc import open_stack, write_image
+
+Axis = Literal["class", "vertical", "horizontal"]
+#: Particles per class aligned to rebuild an average for the axis estimate.
+AXIS_PARTICLES = 500
+
+
+@dataclass(frozen=True)
+class SpectrumOptions:
+    """Conditioning and output options (defaults chosen for helical indexing)."""
+
+    pad: int = 2
+    mask: bool = True
+    normalize: bool = True
+    quantity: Literal["power", "amplitude"] = "power"
+    log: bool = False
+    crop_resolution: float | None = None
+    suppress_detector_lines: bool = True
+    psi_bin_deg: float = 0.5
+    axis: Axis = "class"
+
+
+@dataclass
+class SpectrumResult:
+    """What :func:`power_spectra` wrote and measured."""
+
+    outdir: Path
+    classes: dict[int, int]  # class number (input numbering) -> particles
+    axis_angles_deg: dict[int, float] = field(default_factory=dict)
+    pixel_size: float = 0.0
+    header_pixel_size: float = 0.0
+
+
+def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOptions = SpectrumOptions(),
+                  *, class_averages: str | Path | None = None,
+                  axis_angles: dict[int, float] | None = None, overwrite: bool = False,
+                  memory_budget: int = 1 << 30,
+                  progress: Callable[[int], None] | None = None) -> SpectrumResult:
+    """Compute and write per-class and pooled averaged power spectra.
+
+    Parameters
+    ----------
+    table
+        Selected particles; all of one pixel size and box.
+    outdir
+        Output directory (created if needed).
+    options
+        See :class:`SpectrumOptions`.
+    class_averages
+        Stored class averages (MRC stack, slice = 0-based class index) for the axis.
+    axis_angles
+        Helical axis direction per class number (input numbering), degrees from +x toward
+        +y (rows); overrides the estimate.
+    memory_budget
+        Bytes of psi-bin sums held at once (classes are grouped to fit).
+    progress
+        Called with the number of particles finished after each chunk.
+    """
+    outdir = Path(outdir)
+    stacks = check_stacks(table)
+    pixel_size, box = table.pixel_size(), table.box()
+    if options.crop_resolution is not None and options.crop_resolution < 2 * pixel_size:
+        raise InputError(None, f"--crop-resolution {options.crop_resolution} Å is finer than "
+                         f"Nyquist ({2 * pixel_size:.3f} Å)", "give a resolution of at least 2 x pixel size")
+    numbers = table.class_numbers()
+    has_classes = (table.particles["class_index"] >= 0).all()
+    labels = np.unique(numbers) if has_classes else np.array([], np.int64)
+    names = [f"ps_class{k}" for k in labels] + ["ps_all", "ps_camera_frame"]
+    prepare_outdir(outdir, [outdir / f"{n}.mrc" for n in names] + [outdir / "summary.json"],
+                   overwrite)
+    stored = _stored_averages(class_averages, table, labels, box)
+    acc_bytes = (180 / options.psi_bin_deg) * (options.pad * box) * (options.pad * box // 2 + 1) * 4
+    per_pass = max(1, int(memory_budget // acc_bytes) - 1)
+    pooled = _accumulator(box, options)
+    rebuilt: dict[int, tuple[np.ndarray, int]] = {}
+    spectra: dict[str, np.ndarray] = {}
+    axis_deg: dict[int, float] = {}
+    groups = [labels[i:i + per_pass] for i in range(0, len(labels), per_pass)] or [labels]
+    for group in groups:
+        rows = np.isin(numbers, group) if has_classes else np.ones(len(table), bool)
+        subset = table.take(rows)
+        accs = {int(k): _accumulator(box, options) for k in group}
+        sub_numbers = subset.class_numbers()
+        want_axis = options.axis != "class"
+        for chunk_rows, images in iter_chunks(subset, stacks=stacks):
+            angles = subset.particles["angle"].to_numpy()[chunk_rows]
+            if not has_classes:
+                pooled.add(images, angles)
+            for k, acc in accs.items():
+                mine = sub_numbers[chunk_rows] == k
+                if mine.any():
+                    acc.add(images[mine], angles[mine])
+                    if want_axis and k not in stored:
+                        _rebuild(rebuilt, k, images[mine], subset, chunk_rows[mine])
+            if progress is not None:
+                progress(len(chunk_rows))
+        for k, acc in accs.items():
+            angle = _axis_angle(k, axis_angles, stored, rebuilt, options.axis)
+            if angle is not None:
+                axis_deg[k] = float(np.rad2deg(angle))
+            turn = axis_rotation(angle, options.axis) if angle is not None else 0.0
+            spectra[f"ps_class{k}"] = acc.result(turn)
+            pooled.merge(acc)
+    if len(labels):
+        largest = int(labels[np.argmax([np.sum(numbers == k) for k in labels])])
+        turn = axis_rotation(np.deg2rad(axis_deg[largest]), options.axis) \
+            if largest in axis_deg else 0.0
+    else:
+        turn = 0.0
+    spectra["ps_all"] = pooled.result(turn)
+    spectra["ps_camera_frame"] = pooled.camera_frame()
+    header_pixel = _write_outputs(outdir, spectra, pixel_size, options)
+    counts = {int(k): int(np.sum(numbers == k)) for k in labels}
+    result = SpectrumResult(outdir, counts, axis_deg, pixel_size, header_pixel)
+    summary = {"input": str(table.source), "particles": len(table),
+               "class_numbering": "0-based" if table.class_base == 0 else "1-based",
+               "classes": counts, "axis_angles_deg": axis_deg, "pixel_size_A": pixel_size,
+               "header_pixel_size_A": header_pixel, "box": box,
+               "spectrum_size": int(spectra["ps_all"].shape[0]), "options": asdict(options)}
+    with atomic_output(outdir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+def _accumulator(box: int, o: SpectrumOptions) -> PowerSpectrumAccumulator:
+    return PowerSpectrumAccumulator(box, pad=o.pad, mask=o.mask, normalize=o.normalize,
+                                    suppress_detector_lines=o.suppress_detector_lines,
+                                    psi_bin_deg=o.psi_bin_deg, quantity=o.quantity)
+
+
+def _stored_averages(path: str | Path | None, table: ParticleTable, labels: np.ndarray,
+                     box: int) -> dict[int, np.ndarray]:
+    """Stored class averages by class number; slice = 0-based class index."""
+    if path is None:
+        return {}
+    stack = open_stack(path)
+    if stack.box != (box, box):
+        raise InputError(path, f"holds {stack.box} images but the particles are {box} px",
+                         "pass the class averages of the same job")
+    index = labels - table.class_base
+    if len(index) and index.max() >= stack.n:
+        raise InputError(path, f"has {stack.n} class averages; class {labels.max()} needs more",
+                         "pass the class averages of the same job")
+    return {int(k): image for k, image in zip(labels, stack.read(index))}
+
+
+def _rebuild(sums: dict[int, tuple[np.ndarray, int]], k: int, images: np.ndarray, table: ParticleTable,
+             rows: np.ndarray) -> None:
+    """Add up to AXIS_PARTICLES aligned particles of class k to its running sum."""
+    have = sums.get(k)
+    count = 0 if have is None else int(have[1])
+    take = min(len(rows), AXIS_PARTICLES - count)
+    if take <= 0:
+        return
+    p = table.particles.iloc[rows[:take]]
+    aligned = align_images(images[:take], p["angle"].to_numpy(),
+                           p[["shift_x", "shift_y"]].to_numpy(), "linear").sum(axis=0)
+    sums[k] = (aligned if have is None else have[0] + aligned, count + take)
+
+
+def _axis_angle(k: int, given: dict[int, float] | None, stored: dict[int, np.ndarray],
+                rebuilt: dict[int, tuple[np.ndarray, int]], axis: Axis) -> float | None:
+    """Helical axis of class k in radians (None when the class frame is kept)."""
+    if given and k in given:
+        return float(np.deg2rad(given[k]))
+    if axis == "class":
+        return None
+    image = stored[k] if k in stored else rebuilt[k][0] / rebuilt[k][1]
+    return estimate_axis_angle(image)
+
+
+def _write_outputs(outdir: Path, spectra: dict[str, np.ndarray], pixel_size: float,
+                   o: SpectrumOptions) -> float:
+    """Write every spectrum (.mrc, .png, profiles); return the header pixel size."""
+    header_pixel = pixel_size
+    profile_axis = "horizontal" if o.axis == "horizontal" else "vertical"
+    for name, spectrum in spectra.items():
+        if o.crop_resolution is not None:
+            spectrum, header_pixel = crop_to_resolution(spectrum, pixel_size, o.crop_resolution)
+        data = to_log(spectrum) if o.log else spectrum
+        write_image(outdir / f"{name}.mrc", data, header_pixel)
+        figures.spectrum_png(outdir / f"{name}.png", spectrum, header_pixel, title=name)
+        prof = profiles(spectrum, header_pixel, profile_axis)
+        figures.profiles_csv(outdir / f"{name}_profiles.csv", prof)
+        figures.profiles_png(outdir / f"{name}_profiles.png", prof, title=name)
+    return header_pixel
