@@ -16,13 +16,14 @@ RELION runs) when the output lies below it, else absolute; in ``particles.cs``
 "particle data path" of cryoSPARC's Import Particles; csplugin resolves it as the file's
 own directory).
 
-Memory is bounded by two chunks of images (default 256) plus one output chunk, whatever the
-number of particles.
+Memory is bounded by a few chunks of images (about 32 MiB each), whatever the number of
+particles.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from csplugin import conventions as cv
-from csplugin.images import DEFAULT_CHUNK, check_stacks, iter_chunks
+from csplugin.images import check_stacks, iter_chunks
 from csplugin.particles import ParticleTable, save_particles
 from csplugin.transform import INTERPOLATIONS, align_images
 from formats import InputError
@@ -65,7 +66,7 @@ def prepare_outdir(outdir: Path, products: list[Path], overwrite: bool) -> None:
 
 def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: str = "cubic",
                    float16: bool = False, particles_per_stack: int = 10_000,
-                   chunk_size: int = DEFAULT_CHUNK, overwrite: bool = False,
+                   chunk_size: int | None = None, overwrite: bool = False,
                    progress: Callable[[int], None] | None = None) -> ExportResult:
     """Write the aligned particles of ``table`` and their metadata to ``outdir``.
 
@@ -83,7 +84,7 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
     particles_per_stack
         Maximum images per output stack.
     chunk_size
-        Images read, aligned and written at a time.
+        Images read, aligned and written at a time (default: about 32 MiB of them).
     overwrite
         Replace existing ``particles.star``/``particles.cs``/stacks in ``outdir``.
     progress
@@ -107,19 +108,25 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
     angles = p["angle"].to_numpy()
     shifts = p[["shift_x", "shift_y"]].to_numpy()
     written: list[Path] = []
-    chunks = iter_chunks(table, min(chunk_size, particles_per_stack), stacks_in)
+    chunks = iter_chunks(table, chunk_size, stacks_in, segment=particles_per_stack)
     try:
-        for k, name in enumerate(names):
-            count = min(particles_per_stack, n - k * particles_per_stack)
-            with StackWriter(name, count, box, pixel_size, float16) as writer:
-                done = 0
-                while done < count:
-                    rows, images = next(chunks)
-                    writer.write(align_images(images, angles[rows], shifts[rows], interpolation))
-                    done += len(rows)
-                    if progress is not None:
-                        progress(len(rows))
-            written.append(name)
+        with ThreadPoolExecutor(max_workers=1) as writer_thread:  # writes overlap the maths
+            for k, name in enumerate(names):
+                count = min(particles_per_stack, n - k * particles_per_stack)
+                with StackWriter(name, count, box, pixel_size, float16) as writer:
+                    done, pending = 0, None
+                    while done < count:
+                        rows, images = next(chunks)
+                        aligned = align_images(images, angles[rows], shifts[rows], interpolation)
+                        if pending is not None:
+                            pending.result()
+                        pending = writer_thread.submit(writer.write, aligned)
+                        done += len(rows)
+                        if progress is not None:
+                            progress(len(rows))
+                    if pending is not None:
+                        pending.result()
+                written.append(name)
         stack_index = np.arange(n) % particles_per_stack
         which = np.arange(n) // particles_per_stack
         aligned = table.with_columns(

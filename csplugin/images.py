@@ -17,8 +17,8 @@ from csplugin.particles import ParticleTable
 from formats import InputError
 from formats.mrc import Stack, open_stack
 
-#: Default chunk: 256 images of 256² float32 = 64 MiB.
-DEFAULT_CHUNK = 256
+#: Bytes of float32 images per chunk (128 images of 256², 512 of 128²).
+CHUNK_BYTES = 32 << 20
 
 
 def check_stacks(table: ParticleTable) -> dict[str, Stack]:
@@ -60,13 +60,21 @@ def check_stacks(table: ParticleTable) -> dict[str, Stack]:
 
 def read_chunk(table: ParticleTable, rows: np.ndarray, stacks: dict[str, Stack]) -> np.ndarray:
     """Images ``(k, N, N)`` float32 of the particles at table positions ``rows`` (``(k,)``)."""
-    p = table.particles.iloc[rows]
-    box = int(p["box"].iloc[0])
-    out = np.empty((len(rows), box, box), np.float32)
-    stack_col, index_col = p["stack"].to_numpy(), p["stack_index"].to_numpy()
-    for path in np.unique(stack_col):
-        mine = np.flatnonzero(stack_col == path)
-        out[mine] = stacks[path].read(index_col[mine])
+    p = table.particles
+    return _read(p["stack"].to_numpy()[rows], p["stack_index"].to_numpy()[rows], stacks,
+                 int(p["box"].iloc[rows[0]]))
+
+
+def _read(stack_col: np.ndarray, index_col: np.ndarray, stacks: dict[str, Stack], box: int
+          ) -> np.ndarray:
+    """Images ``(k, N, N)`` float32 for ``(k,)`` stack paths and 0-based indices."""
+    out = np.empty((len(stack_col), box, box), np.float32)
+    if len(stack_col) and (stack_col[0] == stack_col).all():  # the common case: one stack
+        stacks[stack_col[0]].read(index_col, out=out)
+    else:
+        for path in np.unique(stack_col):
+            mine = np.flatnonzero(stack_col == path)
+            out[mine] = stacks[path].read(index_col[mine])
     finite = np.isfinite(out).all(axis=(1, 2))
     if not finite.all():
         j = int(np.flatnonzero(~finite)[0])
@@ -75,20 +83,36 @@ def read_chunk(table: ParticleTable, rows: np.ndarray, stacks: dict[str, Stack])
     return out
 
 
-def iter_chunks(table: ParticleTable, chunk_size: int = DEFAULT_CHUNK,
-                stacks: dict[str, Stack] | None = None
+def chunk_size_for(box: int) -> int:
+    """Images per chunk: about CHUNK_BYTES of float32, at least 16."""
+    return max(16, CHUNK_BYTES // (4 * box * box))
+
+
+def iter_chunks(table: ParticleTable, chunk_size: int | None = None,
+                stacks: dict[str, Stack] | None = None, segment: int | None = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(rows, images)`` over the table in order, ``images`` ``(k, N, N)`` float32.
 
     ``rows`` are table positions ``(k,)``; the next chunk is read while the caller works.
+    ``chunk_size`` defaults to :func:`chunk_size_for` the table's box. With ``segment``, no
+    chunk crosses a multiple of ``segment`` (e.g. the boundary between output stacks).
     """
     stacks = check_stacks(table) if stacks is None else stacks
-    starts = range(0, len(table), chunk_size)
+    if len(table) == 0:
+        return
+    box = int(table.particles["box"].iloc[0])
+    chunk_size = chunk_size or chunk_size_for(box)
+    stack_col = table.particles["stack"].to_numpy()
+    index_col = table.particles["stack_index"].to_numpy()
+    segment = segment or len(table)
+    bounds = [(start, min(start + chunk_size, first + segment, len(table)))
+              for first in range(0, len(table), segment)
+              for start in range(first, min(first + segment, len(table)), chunk_size)]
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
-        for start in starts:
-            rows = np.arange(start, min(start + chunk_size, len(table)))
-            future = pool.submit(read_chunk, table, rows, stacks)
+        for start, stop in bounds:
+            rows = np.arange(start, stop)
+            future = pool.submit(_read, stack_col[rows], index_col[rows], stacks, box)
             if pending is not None:
                 yield pending[0], pending[1].result()
             pending = (rows, future)

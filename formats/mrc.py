@@ -100,12 +100,18 @@ class Stack:
                 if run_pos.size == 0:
                     continue
                 first = int(sorted_idx[run_pos[0]])
-                raw = np.empty((run_pos.size, *self.box), dtype=self.dtype)
+                targets = order[run_pos]
+                in_place = (self.dtype == out.dtype and targets[-1] - targets[0] == run_pos.size - 1
+                            and bool(np.all(np.diff(targets) == 1)))
+                # sequential float32 runs land directly in `out`; others go through a buffer
+                raw = out[targets[0]:targets[-1] + 1] if in_place else \
+                    np.empty((run_pos.size, *self.box), dtype=self.dtype)
                 f.seek(self.offset + first * self.image_bytes)
                 if f.readinto(memoryview(raw).cast("B")) != raw.nbytes:
                     raise InputError(self.path, "ended early while reading images",
                                      "the file is truncated; copy it again")
-                out[order[run_pos]] = raw
+                if not in_place:
+                    out[targets] = raw
         return out
 
     def mmap(self) -> np.memmap:

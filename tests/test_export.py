@@ -79,8 +79,9 @@ def test_class_selection_uses_the_inputs_numbering(job, tmp_path: Path) -> None:
 
 def test_result_does_not_depend_on_chunk_size(job, tmp_path: Path) -> None:
     table = open_particles(job.particles_cs)
-    a = export_aligned(table, tmp_path / "a", chunk_size=7)
+    a = export_aligned(table, tmp_path / "a", chunk_size=7, particles_per_stack=50)
     b = export_aligned(table, tmp_path / "b", chunk_size=256)
+    assert len(a.stacks) == 3 and len(b.stacks) == 1  # chunks of 7 never straddle stacks of 50
     np.testing.assert_array_equal(_stack(a), _stack(b))
 
 
