@@ -9,6 +9,7 @@ import numpy as np
 
 from csplugin.export import export_aligned
 from csplugin.particles import open_particles
+from csplugin.spectra import SpectrumOptions, power_spectra
 from csplugin.synthetic import make_job
 from formats.mrc import open_stack
 
@@ -44,3 +45,14 @@ def run_demo(outdir: str | Path, n_per_class: int = 300, box: int = 128,
         mean = stacks[".cs"][aligned.particles["class_index"].to_numpy() == k].mean(axis=0)
         yield (f"  class {k}: mean of {n_per_class} aligned particles vs true class image: "
                f"correlation {_correlation(mean, truth[k]):.4f}")
+    spectra_dir = outdir / "power_spectra"
+    result = power_spectra(open_particles(job.particles_cs), spectra_dir,
+                           SpectrumOptions(axis="vertical"), overwrite=True)
+    yield f"csplugin power-spectrum {job.particles_cs} -o {spectra_dir} --axis vertical"
+    spectrum = open_stack(spectra_dir / "ps_class0.mrc").read([0])[0]
+    centre = spectrum.shape[0] // 2
+    meridian = spectrum[centre + 4:, centre]  # beyond the low-frequency core
+    peak = (4 + int(np.argmax(meridian))) / (spectrum.shape[0] * job.pixel_size)
+    yield (f"  helical class 0: axis found at {result.axis_angles_deg[0]:.2f} deg (true 0); "
+           f"strongest meridional reflection at 1/{1 / peak:.2f} A (true rise "
+           f"{job.box / 16 * job.pixel_size:.2f} A)")
