@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="images per timed call")
     parser.add_argument("--boxes", type=int, nargs="+", default=[128, 256])
     args = parser.parse_args()
-    print(f"numba threads: {numba.get_num_threads()} (NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})")
+    print(f"numba threads: {numba.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS} available")
     for box in args.boxes:
         for interpolation in INTERPOLATIONS:
             rate = throughput(box, args.count, interpolation)
