@@ -149,7 +149,7 @@ def align_images(
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _align_linear(imgs, cos_t, sin_t, shifts, out):
     n = imgs.shape[1]
     for k in prange(imgs.shape[0]):
@@ -158,7 +158,7 @@ def _align_linear(imgs, cos_t, sin_t, shifts, out):
         _bilinear(padded, cos_t[k], sin_t[k], shifts[k, 0], shifts[k, 1], out[k])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _align_cubic(imgs, cos_t, sin_t, shifts, out):
     m = imgs.shape[1] + 2 * _PAD
     for k in prange(imgs.shape[0]):
