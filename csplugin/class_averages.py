@@ -90,7 +90,7 @@ import pandas as pd
 
 from csplugin import conventions as cv
 from csplugin.ctf import WienerAccumulator, ctf_2d, phase_flip
-from csplugin.export import _relion_path, prepare_outdir
+from csplugin.export import prepare_outdir, relion_path
 from csplugin.images import check_stacks, chunk_size_for, iter_chunks
 from csplugin.particles import ParticleTable
 from csplugin.stackers import (ImageStacker, MedianImageStacker, SigmaRejectionImageStacker,
@@ -286,7 +286,7 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
                                            pixel_size))
         written.append(names["cs"])
         write_star(names["star"], {"model_classes": _averages_star(
-            _relion_path(names["mrcs"]), class_index, counts)})
+            relion_path(names["mrcs"]), class_index, counts)})
         written.append(names["star"])
         _montage(names["png"], averages, [f"class {c}\n{n:,} ptcls" for c, n in
                                           zip(numbers, counts)])
@@ -390,7 +390,7 @@ def _class_average(table: ParticleTable, stacks: dict[str, Stack], w: np.ndarray
                     if m.any():
                         halves[half].add(images[m], ctfs[m], w[rows[m]], premultiplied=flag)
         snr = plan.snr if plan.snr is not None else estimate_snr(*halves)
-        return _merge(*halves).result(snr), snr
+        return halves[0].merge(halves[1]).result(snr), snr
     if plan.stacker is None:
         mean = StreamingMean()
         for rows, images, _ in chunks:
@@ -446,20 +446,6 @@ def aligned_ctfs(particles: pd.DataFrame, box: int, pixel_size: float) -> np.nda
                   rotation_deg=np.rad2deg(col("angle")), rfft=True)
 
 
-def _sums(acc: WienerAccumulator) -> tuple[np.ndarray, np.ndarray]:
-    # The running sums (numerator, denominator). WienerAccumulator has no public accessor
-    # or merge yet; this and _merge are the only places that read its private state.
-    return acc._numerator, acc._denominator  # noqa: SLF001
-
-
-def _merge(a: WienerAccumulator, b: WienerAccumulator) -> WienerAccumulator:
-    """``a`` with ``b``'s sums added (the accumulator of both particle sets)."""
-    (num_a, den_a), (num_b, den_b) = _sums(a), _sums(b)
-    num_a += num_b
-    den_a += den_b
-    return a
-
-
 def estimate_snr(half_a: WienerAccumulator, half_b: WienerAccumulator) -> float:
     """Per-particle SNR (per Fourier pixel) of a class from two half-set Wiener sums.
 
@@ -471,7 +457,8 @@ def estimate_snr(half_a: WienerAccumulator, half_b: WienerAccumulator) -> float:
     the first ring with ``FRC < 0.143`` (total signal / total noise in that band), or
     :data:`FALLBACK_SNR` when ring 1 is already below the threshold.
     """
-    (num_a, den_a), (num_b, den_b) = _sums(half_a), _sums(half_b)
+    num_a, den_a = half_a.numerator, half_a.denominator
+    num_b, den_b = half_b.numerator, half_b.denominator
     box = half_a.box
     with np.errstate(divide="ignore", invalid="ignore"):
         xa = np.where(den_a > 0, num_a / den_a, 0)

@@ -180,7 +180,8 @@ def _progress(quiet: bool, what: str, total: int) -> Iterator[Callable[[int], No
     try:
         yield advance
     finally:
-        bar.stop()
+        if bar.live.is_started:
+            bar.stop()
 
 
 @app.command()

@@ -247,8 +247,10 @@ class WienerAccumulator:
         if box < 1:
             raise ValueError(f"box must be >= 1, got {box}")
         self.box = box
-        self._numerator = np.zeros((box, box // 2 + 1), dtype=np.complex128)
-        self._denominator = np.zeros((box, box // 2 + 1))
+        #: Σ w·CTF·F (Σ w·F for premultiplied data), rfft layout ``(N, N//2+1)``.
+        self.numerator = np.zeros((box, box // 2 + 1), dtype=np.complex128)
+        #: Σ w·CTF², rfft layout ``(N, N//2+1)``.
+        self.denominator = np.zeros((box, box // 2 + 1))
 
     def add(
         self,
@@ -279,11 +281,19 @@ class WienerAccumulator:
         spectra = np.fft.rfft2(images)
         if not premultiplied:
             spectra *= ctfs
-        self._numerator += np.tensordot(w, spectra, axes=1)
-        self._denominator += np.tensordot(w, ctfs**2, axes=1)
+        self.numerator += np.tensordot(w, spectra, axes=1)
+        self.denominator += np.tensordot(w, ctfs**2, axes=1)
+
+    def merge(self, other: WienerAccumulator) -> WienerAccumulator:
+        """Add ``other``'s sums (same box) to this accumulator; returns ``self``."""
+        if other.box != self.box:
+            raise ValueError(f"cannot merge boxes {other.box} and {self.box}")
+        self.numerator += other.numerator
+        self.denominator += other.denominator
+        return self
 
     def result(self, snr: float) -> np.ndarray:
         """Wiener-filtered average, float64 ``(N, N)``; ``snr`` > 0 sets the 1/snr term."""
         if not snr > 0:
             raise ValueError(f"snr must be > 0, got {snr}")
-        return np.fft.irfft2(self._numerator / (self._denominator + 1.0 / snr), s=(self.box, self.box))
+        return np.fft.irfft2(self.numerator / (self.denominator + 1.0 / snr), s=(self.box, self.box))

@@ -134,7 +134,7 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
             angle=0.0, shift_x=0.0, shift_y=0.0,
             psi_prior=cv.residual_psi_prior(p["psi_prior"].to_numpy(), angles))
         save_particles(aligned.with_columns(
-            image_path=[_relion_path(names[w]) for w in which]), star_path)
+            image_path=[relion_path(names[w]) for w in which]), star_path)
         written.append(star_path)
         save_particles(aligned.with_columns(image_path=[names[w].name for w in which]), cs_path)
     except BaseException:
@@ -144,7 +144,7 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
     return ExportResult(star_path, cs_path, names, n)
 
 
-def _relion_path(path: Path) -> str:
+def relion_path(path: Path) -> str:
     """Relative to the current directory when below it (RELION's project layout), else absolute."""
     absolute = path.absolute()
     try:
