@@ -59,6 +59,7 @@ angle) the plain, unsuppressed average is used instead.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -70,6 +71,7 @@ from csplugin.transform import align_images
 
 __all__ = [
     "PowerSpectrumAccumulator",
+    "RotatedSums",
     "axis_rotation",
     "condition_images",
     "crop_to_resolution",
@@ -271,6 +273,53 @@ def detector_line_weights(size: int, halfwidth: int) -> NDArray[np.float32]:
     return (k[:, None] & k[None, :]).astype(np.float32)
 
 
+@dataclass
+class RotatedSums:
+    """Rotated spectrum sums of a set of particles; ``a + b`` pools two sets exactly.
+
+    Attributes
+    ----------
+    plain : ndarray, shape (M, M), float64
+        Sum of the rotated spectra, no line suppression.
+    weighted, weight : ndarray, shape (M, M), float64, or None
+        With detector-line suppression: the sum of rotated line-masked spectra and of the
+        rotated masks (``None`` without suppression).
+    camera : ndarray, shape (M, M//2 + 1), float64
+        Sum of the *unrotated* spectra, rfft half layout (detector frame).
+    n : int
+        Number of particles.
+    """
+
+    plain: NDArray[np.float64]
+    weighted: NDArray[np.float64] | None
+    weight: NDArray[np.float64] | None
+    camera: NDArray[np.float64]
+    n: int
+
+    def __add__(self, other: RotatedSums) -> RotatedSums:
+        def add(a: NDArray[np.float64] | None, b: NDArray[np.float64] | None):
+            return None if a is None or b is None else a + b
+
+        if (self.weighted is None) != (other.weighted is None):
+            raise ValueError("cannot pool sums with and without line suppression")
+        return RotatedSums(self.plain + other.plain, add(self.weighted, other.weighted),
+                           add(self.weight, other.weight), self.camera + other.camera,
+                           self.n + other.n)
+
+    def spectrum(self) -> NDArray[np.float32]:
+        """The average spectrum ``(M, M)`` float32 (suppressed lines filled; module docstring)."""
+        plain = self.plain / self.n
+        if self.weighted is None or self.weight is None:
+            return plain.astype(np.float32)
+        ok = self.weight >= _MIN_WEIGHT_FRACTION * self.n
+        return np.where(ok, self.weighted / np.where(ok, self.weight, 1.0), plain).astype(
+            np.float32)
+
+    def camera_frame(self) -> NDArray[np.float32]:
+        """The average *unrotated* spectrum ``(M, M)`` float32, DC at ``M//2``."""
+        return half_to_full(self.camera / self.n)
+
+
 class PowerSpectrumAccumulator:
     """Streaming averaged power (or amplitude) spectrum of aligned particles.
 
@@ -405,16 +454,26 @@ class PowerSpectrumAccumulator:
         ndarray, shape (M, M), float32
             Centred full plane (DC at ``M//2``, columns ``kx``, rows ``ky``).
         """
+        return self.rotated_sums(extra_rotation).spectrum()
+
+    def rotated_sums(self, extra_rotation: float = 0.0) -> RotatedSums:
+        """The bin sums rotated into the class frame (plus ``extra_rotation``) and added.
+
+        Sums of several accumulators (e.g. one per class, each turned its own way) add up
+        with ``+`` to the sums of their pooled particles, so a pooled spectrum never needs
+        its own set of bins.
+        """
         self._check_not_empty()
         m = self.size
         used = np.flatnonzero(self._counts)
         angles = used * self._bin_width + self._offsets[used] / self._counts[used] + extra_rotation
         plain = np.zeros((m, m), dtype=np.float64)
-        weighted = np.zeros((m, m), dtype=np.float64)
-        weight = np.zeros((m, m), dtype=np.float64)
         lines = None
+        weighted = weight = None
         if self.suppress_detector_lines:
             lines = detector_line_weights(m, self.pad + self.pad // 2)
+            weighted = np.zeros((m, m), dtype=np.float64)
+            weight = np.zeros((m, m), dtype=np.float64)
         for start in range(0, len(used), _ROTATE_CHUNK):
             sel = slice(start, start + _ROTATE_CHUNK)
             full = half_to_full(self._sums[used[sel]])
@@ -424,11 +483,8 @@ class PowerSpectrumAccumulator:
                 weighted += _rotate(full * lines, ang).sum(axis=0)
                 counts = self._counts[used[sel]].astype(np.float32)
                 weight += _rotate(np.multiply.outer(counts, lines), ang).sum(axis=0)
-        plain /= self.n
-        if lines is None:
-            return plain.astype(np.float32)
-        ok = weight >= _MIN_WEIGHT_FRACTION * self.n
-        return np.where(ok, weighted / np.where(ok, weight, 1.0), plain).astype(np.float32)
+        camera = self._sums.sum(axis=0, dtype=np.float64)
+        return RotatedSums(plain, weighted, weight, camera, self.n)
 
     def _check_not_empty(self) -> None:
         if self.n == 0:

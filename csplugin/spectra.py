@@ -25,11 +25,14 @@ class average (``class_averages``: slice = 0-based class index, as in cryoSPARC'
 ``J##_class_averages.mrc`` and RELION's ``_classes.mrcs``), else from an average rebuilt from
 up to ``AXIS_PARTICLES`` aligned particles of the class; in each case by
 :func:`csplugin.power_spectrum.estimate_axis_angle` (principal axis of the bright density).
-The pooled spectrum is turned by the same rule using the largest class's axis.
+The pooled spectrum adds the classes *after* each is turned, so with ``vertical`` or
+``horizontal`` it pools all segments with their helical axes made parallel.
 
 Memory: each class accumulator holds at most ``180/psi_bin_deg`` bins of ``M (M//2+1)``
-float32; classes are processed in groups that fit ``memory_budget`` bytes, each group in
-its own pass over only its particles, so every particle is still read once.
+float32 (190 MB at box 256, pad 2, 0.5°); classes are processed in groups that fit
+``memory_budget`` bytes (at least one class), each group in its own pass over only its
+particles, so every particle is still read once. The pooled spectrum is the sum of the
+classes' rotated ``(M, M)`` sums, so it needs no bins of its own.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ from csplugin import figures
 from csplugin.export import prepare_outdir
 from csplugin.images import check_stacks, iter_chunks
 from csplugin.particles import ParticleTable
-from csplugin.power_spectrum import (PowerSpectrumAccumulator, axis_rotation, crop_to_resolution,
-                                     estimate_axis_angle, profiles, to_log)
+from csplugin.power_spectrum import (PowerSpectrumAccumulator, RotatedSums, axis_rotation,
+                                     crop_to_resolution, estimate_axis_angle, profiles, to_log)
 from csplugin.transform import align_images
 from formats import InputError
 from formats.atomic import atomic_output
@@ -87,7 +90,7 @@ class SpectrumResult:
 def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOptions = SpectrumOptions(),
                   *, class_averages: str | Path | None = None,
                   axis_angles: dict[int, float] | None = None, overwrite: bool = False,
-                  memory_budget: int = 1 << 30,
+                  memory_budget: int = 256 << 20,
                   progress: Callable[[int], None] | None = None) -> SpectrumResult:
     """Compute and write per-class and pooled averaged power spectra.
 
@@ -123,44 +126,40 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
                    overwrite)
     stored = _stored_averages(class_averages, table, labels, box)
     acc_bytes = (180 / options.psi_bin_deg) * (options.pad * box) * (options.pad * box // 2 + 1) * 4
-    per_pass = max(1, int(memory_budget // acc_bytes) - 1)
-    pooled = _accumulator(box, options)
+    per_pass = max(1, int(memory_budget // acc_bytes))
+    keys: list[int | None] = [int(k) for k in labels] or [None]  # None: unclassified input
+    pooled: RotatedSums | None = None
     rebuilt: dict[int, tuple[np.ndarray, int]] = {}
     spectra: dict[str, np.ndarray] = {}
     axis_deg: dict[int, float] = {}
-    groups = [labels[i:i + per_pass] for i in range(0, len(labels), per_pass)] or [labels]
-    for group in groups:
-        rows = np.isin(numbers, group) if has_classes else np.ones(len(table), bool)
-        subset = table.take(rows)
-        accs = {int(k): _accumulator(box, options) for k in group}
+    for first in range(0, len(keys), per_pass):
+        group = keys[first:first + per_pass]
+        subset = table.take(np.isin(numbers, group)) if has_classes else table
+        accs = {k: _accumulator(box, options) for k in group}
         sub_numbers = subset.class_numbers()
         want_axis = options.axis != "class"
         for chunk_rows, images in iter_chunks(subset, stacks=stacks):
             angles = subset.particles["angle"].to_numpy()[chunk_rows]
-            if not has_classes:
-                pooled.add(images, angles)
             for k, acc in accs.items():
-                mine = sub_numbers[chunk_rows] == k
-                if mine.any():
+                mine = sub_numbers[chunk_rows] == k if k is not None else slice(None)
+                if np.any(mine):
                     acc.add(images[mine], angles[mine])
-                    if want_axis and k not in stored:
+                    if want_axis and k is not None and k not in stored:
                         _rebuild(rebuilt, k, images[mine], subset, chunk_rows[mine])
             if progress is not None:
                 progress(len(chunk_rows))
         for k, acc in accs.items():
-            angle = _axis_angle(k, axis_angles, stored, rebuilt, options.axis)
+            angle = _axis_angle(k, axis_angles, stored, rebuilt, options.axis) \
+                if k is not None else None
             if angle is not None:
                 axis_deg[k] = float(np.rad2deg(angle))
-            turn = axis_rotation(angle, options.axis) if angle is not None else 0.0
-            spectra[f"ps_class{k}"] = acc.result(turn)
-            pooled.merge(acc)
-    if len(labels):
-        largest = int(labels[np.argmax([np.sum(numbers == k) for k in labels])])
-        turn = axis_rotation(np.deg2rad(axis_deg[largest]), options.axis) \
-            if largest in axis_deg else 0.0
-    else:
-        turn = 0.0
-    spectra["ps_all"] = pooled.result(turn)
+            sums = acc.rotated_sums(axis_rotation(angle, options.axis) if angle is not None else 0.0)
+            if k is not None:
+                spectra[f"ps_class{k}"] = sums.spectrum()
+            pooled = sums if pooled is None else pooled + sums
+        del accs  # free this group's bins before the next pass
+    assert pooled is not None
+    spectra["ps_all"] = pooled.spectrum()
     spectra["ps_camera_frame"] = pooled.camera_frame()
     header_pixel = _write_outputs(outdir, spectra, pixel_size, options)
     counts = {int(k): int(np.sum(numbers == k)) for k in labels}
