@@ -45,6 +45,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from csplugin.stackers import check_weights
+
 __all__ = [
     "electron_wavelength",
     "evaluate_ctf",
@@ -269,15 +271,7 @@ class WienerAccumulator:
         if images.ndim != 3 or images.shape[-1] != self.box:
             raise ValueError(f"images must have shape (n, {self.box}, {self.box}), got {images.shape}")
         _check_pair(images, ctfs)
-        n = images.shape[0]
-        if weights is None:
-            w = np.ones(n)
-        else:
-            w = np.asarray(weights, dtype=np.float64)
-            if w.shape != (n,):
-                raise ValueError(f"weights must have shape ({n},), got {w.shape}")
-            if np.any(w < 0):
-                raise ValueError("weights must be non-negative")
+        w = check_weights(weights, images.shape[0])
         spectra = np.fft.rfft2(images)
         if not premultiplied:
             spectra *= ctfs

@@ -49,19 +49,23 @@ def _as_stack(
         raise ValueError(f"empty stack: images must have shape (n, ...) with n >= 1, "
                          f"got shape {images.shape}")
     n = images.shape[0]
-    if weights is None:
-        w = np.ones(n)
-    else:
-        w = np.asarray(weights, dtype=np.float64)
-        if w.shape != (n,):
-            raise ValueError(f"weights must have shape ({n},) to match {n} images, "
-                             f"got shape {w.shape}")
-        if not np.all(np.isfinite(w)):
-            raise ValueError("weights must be finite")
-        if np.any(w < 0):
-            raise ValueError(f"weights must be non-negative, got minimum {w.min()}")
     x = images.reshape(n, -1).astype(np.float64, copy=False)
-    return x, w, images.shape[1:]
+    return x, check_weights(weights, n), images.shape[1:]
+
+
+def check_weights(weights: np.ndarray | None, n: int) -> np.ndarray:
+    """Per-image weights ``(n,)`` float64: ones for ``None``; finite and non-negative."""
+    if weights is None:
+        return np.ones(n)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},) to match {n} images, "
+                         f"got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite")
+    if np.any(w < 0):
+        raise ValueError(f"weights must be non-negative, got minimum {w.min()}")
+    return w
 
 
 class ImageStacker(ABC):
