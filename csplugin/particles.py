@@ -58,6 +58,8 @@ _CTF_FIELDS: tuple[tuple[str, str, str, float], ...] = (
 )
 #: RELION labels that belong in data_optics when writing RELION 3.1.
 _OPTICS_LABELS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+#: Optics-group name prefix that carries cryoSPARC's ctf/exp_group_id through a .star file.
+_GROUP_NAME = "exp_group_"
 #: RELION pose labels replaced by what csplugin writes.
 _RELION_POSE_LABELS = ("rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst",
                        "rlnOriginYAngst")
@@ -170,7 +172,11 @@ def open_particles(path: str | Path, passthrough: str | Path | None = None,
     else:
         raise InputError(path, "is neither a .cs nor a .star file",
                          "pass a cryoSPARC .cs or RELION .star particle file")
-    table.particles["stack"] = _resolve_stacks(table.particles["image_path"], bases)
+    p = table.particles
+    p["stack"] = _resolve_stacks(p["image_path"], bases)
+    if (p["box"] == 0).any():  # RELION 3.0 files give no box size: read the stack headers
+        boxes = {s: open_stack(s).box[1] if Path(s).is_file() else 0 for s in p["stack"].unique()}
+        p["box"] = p["stack"].map(boxes).astype(np.int64)
     return table
 
 
@@ -256,7 +262,7 @@ def _from_star(path: Path) -> ParticleTable:
         group = particles["rlnOpticsGroup"].to_numpy(np.int64)
         names = merged.get("rlnOpticsGroupName")
         if names is not None:
-            from_name = names.astype(str).str.extract(r"^opticsGroup(\d+)$")[0]
+            from_name = names.astype(str).str.extract(rf"^{_GROUP_NAME}(\d+)$")[0]
             group = np.where(from_name.notna(), pd.to_numeric(from_name), group).astype(np.int64)
         lookup = merged
     else:
@@ -303,24 +309,12 @@ def _from_star(path: Path) -> ParticleTable:
                           ("rlnCoordinateY", "coordinate_y")):
         if label in particles:
             p[column] = particles[label].to_numpy()
-    table = ParticleTable(p, "star", path, particles, optics)
-    if box is None:
-        table.particles["box"] = _box_from_stacks(table, path)
-    return table
+    return ParticleTable(p, "star", path, particles, optics)
 
 
 def _label(table: pd.DataFrame, label: str, n: int) -> np.ndarray:
     """A float64 column of a STAR table, or NaN where it is absent."""
     return table[label].to_numpy(np.float64) if label in table else np.full(n, np.nan)
-
-
-def _box_from_stacks(table: ParticleTable, path: Path) -> np.ndarray:
-    """Box size for RELION 3.0 files (no rlnImageSize): read from each stack's header."""
-    # resolution of relative paths happens in open_particles; 3.0 files need it early
-    bases = [Path.cwd(), path.parent]
-    stacks = _resolve_stacks(table.particles["image_path"], bases)
-    boxes = {s: (open_stack(s).box[1] if Path(s).is_file() else 0) for s in stacks.unique()}
-    return stacks.map(boxes).to_numpy(np.int64)
 
 
 # ---------------------------------------------------------------------------------------- write
@@ -387,47 +381,25 @@ def to_star(table: ParticleTable) -> dict[str, pd.DataFrame]:
     """The table as RELION 3.1 blocks ``{"optics": ..., "particles": ...}``.
 
     Labels csplugin understands come from the normalised columns (origins in Å, psi in
-    degrees, 1-based slices and classes, dense 1-based optics groups named
-    ``opticsGroup<cryoSPARC exp_group_id>``); for a ``.star`` input every other label is
-    carried over unchanged.
+    degrees, 1-based slices and classes); for a ``.star`` input its optics table and every
+    other label are carried over unchanged, otherwise optics groups are made by
+    :func:`_optics_table`.
     """
     p = table.particles
     n = len(p)
     psi, origin_px = cv.to_relion_pose(p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy())
     origin_A = cv.origin_px_to_angstrom(origin_px, p["pixel_size"].to_numpy())
-    keys = p[["optics_group", "pixel_size", "box"]].astype({"optics_group": np.int64})
-    optics_keys = keys.drop_duplicates().sort_values(["optics_group", "pixel_size"])
-    group_number = {tuple(k): i + 1 for i, k in enumerate(optics_keys.itertuples(index=False))}
-    optics = pd.DataFrame({
-        "rlnOpticsGroup": np.arange(1, len(optics_keys) + 1),
-        "rlnOpticsGroupName": [f"opticsGroup{g}" for g in optics_keys["optics_group"]],
-        "rlnImagePixelSize": optics_keys["pixel_size"].to_numpy(),
-        "rlnImageSize": optics_keys["box"].to_numpy(),
-        "rlnImageDimensionality": 2,
-    })
-    first_row = {tuple(k): i for i, k in reversed(list(enumerate(keys.itertuples(index=False))))}
-    rows = [first_row[tuple(k)] for k in optics_keys.itertuples(index=False)]
-    for cs_field, label, column, _ in _CTF_FIELDS:
-        if label in _OPTICS_LABELS:
-            optics[label] = p[column].to_numpy()[rows] if n else []
-    if p["ctf_premultiplied"].any():
-        optics["rlnCtfDataAreCtfPremultiplied"] = p["ctf_premultiplied"].to_numpy(int)[rows]
-    optics = optics.dropna(axis=1, how="all")
-    if table.kind == "star" and table.optics is not None:
-        extra = [c for c in table.optics.columns if c not in optics.columns]
-        by_group = table.optics.set_index("rlnOpticsGroup")
-        original_group = table.native.loc[rows, "rlnOpticsGroup"].to_numpy() if n else []
-        for c in extra:
-            optics[c] = by_group.loc[original_group, c].to_numpy()
-
+    if table.kind == "star" and table.optics is not None:  # RELION's own groups, unchanged
+        optics, group = table.optics, table.native["rlnOpticsGroup"].to_numpy(np.int64)
+    else:
+        optics, group = _optics_table(p)
     new: dict[str, np.ndarray] = {
         "rlnImageName": join_image_names(cv.to_base(p["stack_index"].to_numpy(), cv.RELION_BASE),
                                          p["image_path"].to_numpy(str)),
         "rlnAnglePsi": psi,
         "rlnOriginXAngst": origin_A[:, 0],
         "rlnOriginYAngst": origin_A[:, 1],
-        "rlnOpticsGroup": np.array([group_number[tuple(k)] for k in keys.itertuples(index=False)],
-                                   dtype=np.int64),
+        "rlnOpticsGroup": group,
     }
     if (p["class_index"] >= 0).any():
         new["rlnClassNumber"] = cv.to_base(p["class_index"].to_numpy(), cv.RELION_BASE)
@@ -454,6 +426,38 @@ def to_star(table: ParticleTable) -> dict[str, pd.DataFrame]:
     else:
         particles = pd.DataFrame(new)
     return {"optics": optics, "particles": particles}
+
+
+def _optics_table(p: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """RELION optics groups for particles that come without them.
+
+    One group per (cryoSPARC ``exp_group_id``, pixel size, box), numbered 1..G and named
+    ``exp_group_<id>`` so that reading the file back restores ``exp_group_id``.
+
+    Returns
+    -------
+    (optics, group)
+        The ``data_optics`` table and ``(n,)`` group numbers.
+    """
+    keys = p[["optics_group", "pixel_size", "box"]].astype({"optics_group": np.int64})
+    first = keys.drop_duplicates().sort_values(list(keys.columns))  # index: a row of each group
+    rows = first.index.to_numpy()
+    number = pd.Series(np.arange(1, len(first) + 1), index=pd.MultiIndex.from_frame(first))
+    group = number.loc[pd.MultiIndex.from_frame(keys)].to_numpy(np.int64) if len(p) else \
+        np.zeros(0, np.int64)
+    optics = pd.DataFrame({
+        "rlnOpticsGroup": np.arange(1, len(first) + 1),
+        "rlnOpticsGroupName": [f"{_GROUP_NAME}{g}" for g in first["optics_group"]],
+        "rlnImagePixelSize": first["pixel_size"].to_numpy(),
+        "rlnImageSize": first["box"].to_numpy(),
+        "rlnImageDimensionality": 2,
+    })
+    for _, label, column, _ in _CTF_FIELDS:
+        if label in _OPTICS_LABELS:
+            optics[label] = p[column].to_numpy()[rows]
+    if p["ctf_premultiplied"].any():
+        optics["rlnCtfDataAreCtfPremultiplied"] = p["ctf_premultiplied"].to_numpy(int)[rows]
+    return optics.dropna(axis=1, how="all"), group
 
 
 def save_particles(table: ParticleTable, path: str | Path) -> None:

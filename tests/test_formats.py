@@ -235,3 +235,15 @@ def test_bad_files_raise_input_errors(real: Path, tmp_path: Path) -> None:
         open_particles(garbage)
     with pytest.raises(InputError, match="no field 'blob/path'"):
         open_particles(real / "cryosparc-tools/4k_dataset.cs")
+
+
+def test_star_optics_groups_survive_writing(real: Path, tmp_path: Path) -> None:
+    """Group numbers are kept even where names and numbers disagree (group 1 = opticsGroup5)."""
+    source = real / "cryodrgn/relion31.6opticsgroups.star"
+    write_star(tmp_path / "p.star", to_star(open_particles(source)))
+    original, back = read_star(source), read_star(tmp_path / "p.star")
+    np.testing.assert_array_equal(original["particles"]["rlnOpticsGroup"],
+                                  back["particles"]["rlnOpticsGroup"])
+    assert original["optics"]["rlnOpticsGroupName"].tolist() == back["optics"]["rlnOpticsGroupName"].tolist()
+    np.testing.assert_allclose(open_particles(tmp_path / "p.star").particles["pixel_size"],
+                               open_particles(source).particles["pixel_size"])
