@@ -113,3 +113,31 @@ def machine() -> str:
 
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.python_version()}"
+
+
+def run_rows(box: int, n: int, runs: dict[str, list[str]], data_dir: Path, outputs: list[Path],
+             repeats: int = 1) -> None:
+    """Time each command (best of ``repeats``) and print a row: wall, CPU, img/s, peak MB.
+
+    Before each run the ``outputs`` directories are emptied and flushed (``sync``) and the
+    input stacks are read once, so every run starts warm and pays only for its own writes.
+    """
+    import os
+
+    for name, command in runs.items():
+        best = None
+        for _ in range(repeats):
+            for directory in outputs:
+                for old in directory.glob("*"):
+                    if old.is_file():
+                        old.unlink()
+            os.sync()
+            warm_cache(data_dir)
+            t = timed(command)
+            best = t if best is None or t.wall < best.wall else best
+        assert best is not None
+        print(f"{box:>4} {name:<38} {best.wall:7.2f} {best.cpu:7.2f} {n / best.wall:8.0f} "
+              f"{best.peak_mb:8.0f}", flush=True)
+
+
+HEADER = f"{'box':>4} {'job':<38} {'wall s':>7} {'cpu s':>7} {'img/s':>8} {'peak MB':>8}"

@@ -90,11 +90,13 @@ import pandas as pd
 
 from csplugin import conventions as cv
 from csplugin.ctf import WienerAccumulator, ctf_2d, phase_flip
+from csplugin import figures
 from csplugin.export import prepare_outdir, relion_path
 from csplugin.images import check_stacks, chunk_size_for, iter_chunks
 from csplugin.particles import ParticleTable
-from csplugin.stackers import (ImageStacker, MedianImageStacker, SigmaRejectionImageStacker,
-                               StreamingMean, WinsorizedImageStacker, stack_in_tiles)
+from csplugin.stackers import (ImageStacker, MeanImageStacker, MedianImageStacker,
+                               SigmaRejectionImageStacker, StreamingMean, WinsorizedImageStacker,
+                               stack_in_tiles)
 from csplugin.transform import INTERPOLATIONS, align_images
 from formats import InputError
 from formats.atomic import atomic_output
@@ -150,10 +152,30 @@ class ClassAveragesResult:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """Per-class work shared by every class of one run."""
+class AveragingPlan:
+    """How every class of one run is averaged by :func:`average_class`.
 
-    stacker: ImageStacker | None  # None: streaming mean (or Wiener)
+    Attributes
+    ----------
+    stacker
+        Per-pixel stacker, or None for the streaming mean (and for Wiener).
+    ctf
+        ``"none"``, ``"phase-flip"`` or ``"wiener"``.
+    snr
+        Per-particle Wiener SNR; None estimates it per class.
+    interpolation
+        ``"cubic"`` or ``"linear"``.
+    chunk_size
+        Particles read and aligned at a time.
+    tile_bytes
+        Order statistics: bytes of one float32 pixel tile of all particles of a class.
+    spill_dir
+        Where order statistics spill a class's aligned images (unnamed temporary file).
+    pixel_size, box
+        Å/px and N of the particles.
+    """
+
+    stacker: ImageStacker | None
     ctf: str
     snr: float | None
     interpolation: str
@@ -162,6 +184,22 @@ class _Plan:
     spill_dir: Path
     pixel_size: float
     box: int
+
+    @classmethod
+    def create(cls, table: ParticleTable, stacker: ImageStacker | None, *, ctf: str = "none",
+               snr: float | None = None, interpolation: str = "cubic",
+               chunk_size: int | None = None, tile_bytes: int = 32 << 20,
+               spill_dir: str | Path | None = None) -> AveragingPlan:
+        """A plan for ``table`` (one pixel and box size), with the default chunk size of
+        :func:`class_averages` and ``spill_dir`` defaulting to the system temporary directory.
+        A :class:`~csplugin.stackers.MeanImageStacker` becomes the streaming mean (same
+        result, bounded memory)."""
+        box = table.box()
+        if type(stacker) is MeanImageStacker:
+            stacker = None
+        return cls(stacker, ctf, snr, interpolation,
+                   chunk_size or (_ctf_chunk(box) if ctf != "none" else chunk_size_for(box)),
+                   tile_bytes, Path(spill_dir or tempfile.gettempdir()), table.pixel_size(), box)
 
 
 def select_classes(table: ParticleTable, classes: list[int] | None) -> ParticleTable:
@@ -247,7 +285,7 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
     pixel_size, box = table.pixel_size(), table.box()
     w = particle_weights(table, weights)
     if ctf != "none":
-        _check_ctf(table)
+        check_ctf(table)
     stacks = check_stacks(table)
     index = table.particles["class_index"].to_numpy()
     class_index = np.unique(index)
@@ -256,18 +294,18 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
         if w[index == k].sum() <= 0:
             raise InputError(table.source, f"class {cv.to_base(k, table.class_base)}: the "
                              "particle weights sum to zero", "use --weights none")
-    names = {s: outdir / f"class_averages.{s}" for s in ("mrcs", "cs", "star", "png")}
+    names = output_paths(outdir)
     products = [*names.values()] + ([outdir / "compare.csv"] if given is not None else [])
     prepare_outdir(outdir, products, overwrite)
 
-    plan = _Plan(_make_stacker(stacker, sigma, percentile), ctf, wiener_snr, interpolation,
-                 chunk_size or (_ctf_chunk(box) if ctf != "none" else chunk_size_for(box)),
-                 tile_bytes, outdir, pixel_size, box)
+    plan = AveragingPlan.create(table, make_stacker(stacker, sigma, percentile), ctf=ctf,
+                                snr=wiener_snr, interpolation=interpolation,
+                                chunk_size=chunk_size, tile_bytes=tile_bytes, spill_dir=outdir)
     averages = np.empty((len(class_index), box, box), np.float32)
     snrs = np.empty(len(class_index))
     for i, k in enumerate(class_index):
         rows = np.flatnonzero(index == k)
-        averages[i], snrs[i] = _class_average(table.take(rows), stacks, w[rows], plan, progress)
+        averages[i], snrs[i] = average_class(table.take(rows), stacks, w[rows], plan, progress)
     if invert_contrast:
         averages *= -1
     counts = np.bincount(index, minlength=class_index.max() + 1)[class_index]
@@ -278,26 +316,8 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
             "class": numbers, "slice": class_index, "particles": counts,
             "correlation": [correlation(a, b) for a, b in
                             zip(averages, given.read(class_index))]})
-    written: list[Path] = []
-    try:
-        write_stack(names["mrcs"], averages, pixel_size)
-        written.append(names["mrcs"])
-        write_cs(names["cs"], _averages_cs(names["mrcs"].name, class_index, counts, box,
-                                           pixel_size))
-        written.append(names["cs"])
-        write_star(names["star"], {"model_classes": _averages_star(
-            relion_path(names["mrcs"]), class_index, counts)})
-        written.append(names["star"])
-        _montage(names["png"], averages, [f"class {c}\n{n:,} ptcls" for c, n in
-                                          zip(numbers, counts)])
-        written.append(names["png"])
-        if comparison is not None:
-            with atomic_output(outdir / "compare.csv") as tmp:
-                comparison.to_csv(tmp, index=False, float_format="%.6f")
-    except BaseException:
-        for path in written:  # no partial outputs
-            path.unlink(missing_ok=True)
-        raise
+    write_averages(names, averages, class_index, counts, table.class_base, pixel_size,
+                   comparison=comparison)
     return ClassAveragesResult(
         names["mrcs"], names["cs"], names["star"], names["png"], numbers, counts, averages,
         snrs if ctf == "wiener" else None, comparison,
@@ -344,7 +364,7 @@ def particle_weights(table: ParticleTable, weights: str) -> np.ndarray:
     return post
 
 
-def _check_ctf(table: ParticleTable) -> None:
+def check_ctf(table: ParticleTable) -> None:
     p = table.particles
     for column in _CTF_REQUIRED:
         missing = ~np.isfinite(p[column].to_numpy(np.float64))
@@ -365,7 +385,8 @@ def _open_compare(path: str | Path, class_index: np.ndarray, box: int) -> Stack:
     return stack
 
 
-def _make_stacker(name: str, sigma: float, percentile: float) -> ImageStacker | None:
+def make_stacker(name: str, sigma: float = 3.0, percentile: float = 0.1) -> ImageStacker | None:
+    """The stacker named by ``--stacker`` (None: the streaming mean)."""
     return {"mean": None, "median": MedianImageStacker(),
             "sigma-rejection": SigmaRejectionImageStacker(sigma),
             "winsorized": WinsorizedImageStacker(percentile)}[name]
@@ -376,7 +397,7 @@ def _ctf_chunk(box: int) -> int:
 
 
 # --------------------------------------------------------------------------------- averaging
-def _class_average(table: ParticleTable, stacks: dict[str, Stack], w: np.ndarray, plan: _Plan,
+def average_class(table: ParticleTable, stacks: dict[str, Stack], w: np.ndarray, plan: AveragingPlan,
                    progress: Callable[[int], None] | None) -> tuple[np.ndarray, float]:
     """One class's average ``(N, N)`` and the Wiener SNR used (NaN without Wiener)."""
     chunks = _prepared_chunks(table, stacks, plan, progress)
@@ -405,15 +426,21 @@ def _class_average(table: ParticleTable, stacks: dict[str, Stack], w: np.ndarray
                               plan.tile_bytes), np.nan
 
 
-def _prepared_chunks(table: ParticleTable, stacks: dict[str, Stack], plan: _Plan,
+def _prepared_chunks(table: ParticleTable, stacks: dict[str, Stack], plan: AveragingPlan,
                      progress: Callable[[int], None] | None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Yield ``(rows, images, ctfs)``: aligned (and, for phase-flip, flipped) images
-    ``(k, N, N)`` and, for Wiener, their CTFs in the aligned frame ``(k, N, N//2+1)``."""
+    ``(k, N, N)`` and, for Wiener, their CTFs in the aligned frame ``(k, N, N//2+1)``.
+
+    Particles with a true optional ``mirror`` column are mirrored (:func:`~csplugin.
+    conventions.mirror_y`) before they are aligned."""
     p = table.particles
     angles, shifts = p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy()
     premultiplied = p["ctf_premultiplied"].to_numpy(bool)
+    mirror = p["mirror"].to_numpy(bool) if "mirror" in p else np.zeros(len(p), bool)
     for rows, raw in iter_chunks(table, plan.chunk_size, stacks):
+        if mirror[rows].any():
+            raw[mirror[rows]] = cv.mirror_y(raw[mirror[rows]])
         images = align_images(raw, angles[rows], shifts[rows], plan.interpolation)
         ctfs = None
         if plan.ctf != "none":
@@ -432,7 +459,8 @@ def aligned_ctfs(particles: pd.DataFrame, box: int, pixel_size: float) -> np.nda
 
     The CTF of the raw image, rotated with the image by θ = ``angle``:
     ``ctf_2d(..., rotation_deg=degrees(θ))``. Missing phase shift and B-factor count as 0,
-    a missing scale as 1.
+    a missing scale as 1. A particle mirrored before alignment (optional ``mirror`` column)
+    has its astigmatism angle negated first (:func:`~csplugin.conventions.mirror_y`).
     """
     p = particles
 
@@ -440,7 +468,10 @@ def aligned_ctfs(particles: pd.DataFrame, box: int, pixel_size: float) -> np.nda
         values = p[name].to_numpy(np.float64)
         return values if default is None else np.nan_to_num(values, nan=default)
 
-    return ctf_2d(box, pixel_size, col("defocus_u"), col("defocus_v"), col("defocus_angle"),
+    defocus_angle = col("defocus_angle")
+    if "mirror" in p:
+        defocus_angle = np.where(p["mirror"].to_numpy(bool), -defocus_angle, defocus_angle)
+    return ctf_2d(box, pixel_size, col("defocus_u"), col("defocus_v"), defocus_angle,
                   col("voltage"), col("cs"), col("amplitude_contrast"), col("phase_shift", 0.0),
                   col("bfactor", 0.0), col("ctf_scale", 1.0),
                   rotation_deg=np.rad2deg(col("angle")), rfft=True)
@@ -538,6 +569,64 @@ def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
 
 
 # ------------------------------------------------------------------------------------ output
+def output_paths(outdir: Path) -> dict[str, Path]:
+    """``{"mrcs", "cs", "star", "png"}`` -> ``outdir/class_averages.<suffix>``."""
+    return {s: outdir / f"class_averages.{s}" for s in ("mrcs", "cs", "star", "png")}
+
+
+def write_averages(names: dict[str, Path], averages: np.ndarray, class_index: np.ndarray,
+                   counts: np.ndarray, class_base: int, pixel_size: float, *,
+                   comparison: pd.DataFrame | None = None,
+                   star_columns: dict[str, np.ndarray] | None = None,
+                   cs_fields: dict[str, np.ndarray] | None = None,
+                   montage_limit: int | None = None) -> None:
+    """Write the outputs listed in the module docstring, all or none.
+
+    Parameters
+    ----------
+    names
+        :func:`output_paths` of the output directory.
+    averages
+        ``(k, N, N)`` images; slice ``i`` describes class ``class_index[i]`` (0-based).
+    counts
+        ``(k,)`` particles per average.
+    class_base
+        The input's class numbering (0 cryoSPARC, 1 RELION), for the montage titles.
+    comparison
+        Written to ``compare.csv`` beside the averages when given.
+    star_columns, cs_fields
+        Extra ``(k,)`` columns for ``class_averages.star`` (label -> values) and
+        ``class_averages.cs`` (field -> values).
+    montage_limit
+        At most this many tiles in the PNG montage (default: all).
+    """
+    box = averages.shape[-1]
+    numbers = cv.to_base(class_index, class_base)
+    shown = slice(None, montage_limit)
+    written: list[Path] = []
+    try:
+        write_stack(names["mrcs"], averages, pixel_size)
+        written.append(names["mrcs"])
+        write_cs(names["cs"], _averages_cs(names["mrcs"].name, class_index, counts, box,
+                                           pixel_size, cs_fields or {}))
+        written.append(names["cs"])
+        star = _averages_star(relion_path(names["mrcs"]), class_index, counts)
+        for label, values in (star_columns or {}).items():
+            star[label] = values
+        write_star(names["star"], {"model_classes": star})
+        written.append(names["star"])
+        figures.montage_png(names["png"], averages[shown], [f"class {c}\n{n:,} ptcls" for c, n in
+                                                 zip(numbers[shown], counts[shown])])
+        written.append(names["png"])
+        if comparison is not None:
+            with atomic_output(names["mrcs"].parent / "compare.csv") as tmp:
+                comparison.to_csv(tmp, index=False, float_format="%.6f")
+    except BaseException:
+        for path in written:  # no partial outputs
+            path.unlink(missing_ok=True)
+        raise
+
+
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two ``(N, N)`` images inside the inscribed disc (radius N/2)."""
     n = a.shape[-1]
@@ -550,12 +639,15 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _averages_cs(stack_name: str, class_index: np.ndarray, counts: np.ndarray, box: int,
-                 pixel_size: float) -> np.ndarray:
+                 pixel_size: float, extra: dict[str, np.ndarray]) -> np.ndarray:
     k = len(class_index)
     data = np.zeros(k, dtype=[
         ("uid", "<u8"), ("blob/path", f"S{len(stack_name.encode())}"), ("blob/idx", "<u4"),
         ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"), ("alignments2D/class", "<u4"),
-        ("alignments2D/num_particles", "<u4")])
+        ("alignments2D/num_particles", "<u4"),
+        *((name, np.asarray(values).dtype) for name, values in extra.items())])
+    for name, values in extra.items():
+        data[name] = values
     data["uid"] = class_index
     data["blob/path"] = encode([stack_name] * k)
     data["blob/idx"] = np.arange(k)
@@ -576,24 +668,3 @@ def _averages_star(stack_path: str, class_index: np.ndarray, counts: np.ndarray
         "rlnClassDistribution": counts / counts.sum(),
         COUNT_LABEL: counts,
     })
-
-
-def _montage(path: Path, images: np.ndarray, titles: list[str]) -> None:
-    """Write a PNG grid of ``images`` ``(k, N, N)`` (each scaled to its 0.5-99.5 percentiles)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    k = len(images)
-    cols = min(k, 8)
-    rows = -(-k // cols)
-    fig = Figure(figsize=(1.6 * cols, 1.9 * rows))
-    FigureCanvasAgg(fig)
-    for i, (image, title) in enumerate(zip(images, titles)):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        low, high = np.percentile(image, (0.5, 99.5))
-        ax.imshow(image, cmap="gray", vmin=low, vmax=high if high > low else low + 1)
-        ax.set_title(title, fontsize=8)
-        ax.set_axis_off()
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)

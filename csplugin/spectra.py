@@ -13,8 +13,9 @@ of all selected particles is the sum of the class accumulators. Outputs in ``OUT
 ``ps_all.mrc``                 pooled spectrum of every selected particle
 ``ps_camera_frame.mrc``        pooled spectrum of the *unrotated* particles: detector-fixed
                                artefacts show as lines through the centre
-``*.png``                      each spectrum with axes in 1/Å (log display)
-``*_profiles.csv`` / ``.png``  meridian, equator and radial profiles vs 1/Å
+``*.png``                      each spectrum on axes in 1/Å (log display) beside its
+                               meridian, equator and radial profiles
+``*_profiles.csv``             those profiles vs 1/Å
 ``summary.json``               classes, particle counts, axis angles, options, pixel size
 =============================  ==========================================================
 
@@ -231,8 +232,7 @@ def _write_outputs(outdir: Path, spectra: dict[str, np.ndarray], pixel_size: flo
             spectrum, header_pixel = crop_to_resolution(spectrum, pixel_size, o.crop_resolution)
         data = to_log(spectrum) if o.log else spectrum
         write_image(outdir / f"{name}.mrc", data, header_pixel)
-        figures.spectrum_png(outdir / f"{name}.png", spectrum, header_pixel, title=name)
         prof = profiles(spectrum, header_pixel, profile_axis)
         figures.profiles_csv(outdir / f"{name}_profiles.csv", prof)
-        figures.profiles_png(outdir / f"{name}_profiles.png", prof, title=name)
+        figures.spectrum_png(outdir / f"{name}.png", spectrum, header_pixel, prof, title=name)
     return header_pixel

@@ -34,7 +34,7 @@ def test_outputs_headers_and_pooling(job, tmp_path: Path) -> None:
     inner = pooled[1:, 1:]  # Friedel symmetry about the zero frequency at (M//2, M//2)
     np.testing.assert_allclose(inner, inner[::-1, ::-1], rtol=1e-3, atol=1e-4 * pooled.max())
     assert centre == pooled.shape[0] // 2
-    for name in ("ps_all.png", "ps_class0_profiles.csv", "ps_class0_profiles.png",
+    for name in ("ps_all.png", "ps_class0_profiles.csv", "ps_class0.png",
                  "ps_camera_frame.mrc", "summary.json"):
         assert (tmp_path / name).is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())
