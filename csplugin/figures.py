@@ -1,13 +1,26 @@
-"""PNG figures and CSV tables of results people look at (matplotlib's object API, headless)."""
+"""PNG figures and CSV tables of results people look at (matplotlib's object API, headless).
+
+matplotlib is imported when the first figure is drawn, after the data have been processed,
+so it adds nothing to a job's peak memory.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from formats.atomic import atomic_output
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
 
 
 def _save(fig: Figure, path: str | Path) -> None:
@@ -28,7 +41,7 @@ def spectrum_png(path: str | Path, spectrum: np.ndarray, pixel_size: float,
     lo, hi = (-(m // 2) - 0.5) * step, (m - m // 2 - 0.5) * step
     positive = spectrum[spectrum > 0]
     shown = np.log10(1.0 + spectrum / float(np.median(positive))) if positive.size else spectrum
-    fig = Figure(figsize=(11.5, 4.8))
+    fig = _figure(11.5, 4.8)
     fig.subplots_adjust(left=0.07, right=0.97, bottom=0.12, top=0.9, wspace=0.3)
     left, right = fig.subplots(1, 2)
     image = left.imshow(shown, cmap="gray", origin="lower", extent=(lo, hi, lo, hi),
@@ -62,7 +75,7 @@ def montage_png(path: str | Path, images: np.ndarray, labels: list[str], columns
     n = len(images)
     columns = max(1, min(columns, n))
     rows = (n + columns - 1) // columns
-    fig = Figure(figsize=(1.8 * columns, 1.95 * rows))
+    fig = _figure(1.8 * columns, 1.95 * rows)
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
     for ax in axes:
         ax.axis("off")

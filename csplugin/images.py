@@ -17,8 +17,9 @@ from csplugin.particles import ParticleTable
 from formats import InputError
 from formats.mrc import Stack, open_stack
 
-#: Bytes of float32 images per chunk (128 images of 256², 512 of 128²).
-CHUNK_BYTES = 32 << 20
+#: Bytes of float32 images per chunk (64 images of 256², 256 of 128²); two or three chunks
+#: are in flight at once (being read, being processed, being written).
+CHUNK_BYTES = 16 << 20
 
 
 def check_stacks(table: ParticleTable) -> dict[str, Stack]:
@@ -118,3 +119,46 @@ def iter_chunks(table: ParticleTable, chunk_size: int | None = None,
             pending = (rows, future)
         if pending is not None:
             yield pending[0], pending[1].result()
+
+
+class ParticleImages:
+    """Read-only, on-demand access to the raw images of a table: ``table.images``.
+
+    ``images[i]`` -> ``(N, N)``; ``images[i:j]``, ``images[[i, k, ...]]`` or a boolean mask
+    -> ``(k, N, N)``; float32, in table order. Stacks are opened and checked
+    (:func:`check_stacks`) on first use and kept in :attr:`stacks`. Nothing is cached
+    but the stack headers: every access reads from disk (stream large tables with
+    :func:`iter_chunks` instead of slicing everything).
+    """
+
+    def __init__(self, table: ParticleTable) -> None:
+        self._table = table
+        self._stacks: dict[str, Stack] | None = None
+
+    @property
+    def stacks(self) -> dict[str, Stack]:
+        """Absolute stack path -> :class:`~formats.mrc.Stack`, checked once."""
+        if self._stacks is None:
+            self._stacks = check_stacks(self._table)
+        return self._stacks
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(n, N, N)``."""
+        box = self._table.box()
+        return len(self._table), box, box
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        n = len(self._table)
+        if isinstance(key, (int, np.integer)):
+            if not -n <= key < n:
+                raise IndexError(f"particle {key} out of range for {n} particles")
+            return self[np.array([key % n])][0]
+        rows = np.arange(n)[key]
+        if rows.size == 0:
+            box = self._table.box()
+            return np.empty((0, box, box), np.float32)
+        return read_chunk(self._table, rows, self.stacks)

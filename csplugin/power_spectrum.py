@@ -88,8 +88,8 @@ __all__ = [
 Quantity = Literal["power", "amplitude"]
 
 _MIN_WEIGHT_FRACTION = 0.05  # below this share of the particles, fall back to the plain average
-_CHUNK_BYTES = 1 << 26  # complex64 FFT output per chunk (64 MiB)
-_ROTATE_CHUNK = 16  # bin sums rotated per align_images call
+_CHUNK_BYTES = 1 << 24  # complex64 FFT output per batch (16 MiB): bounds the transient memory
+_ROTATE_CHUNK = 4  # bin sums rotated per align_images call (bounds the transient planes)
 
 
 def soft_circular_mask(box: int, radius: float = 0.45, edge: float = 0.05) -> NDArray[np.float32]:

@@ -31,7 +31,7 @@ The pooled spectrum adds the classes *after* each is turned, so with ``vertical`
 
 Memory: each class accumulator holds at most ``180/psi_bin_deg`` bins of ``M (M//2+1)``
 float32 (190 MB at box 256, pad 2, 0.5°); classes are processed in groups that fit
-``memory_budget`` bytes (at least one class), each group in its own pass over only its
+``memory_budget`` bytes (192 MB; at least one class), each group in its own pass over only its
 particles, so every particle is still read once. The pooled spectrum is the sum of the
 classes' rotated ``(M, M)`` sums, so it needs no bins of its own.
 """
@@ -91,7 +91,7 @@ class SpectrumResult:
 def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOptions = SpectrumOptions(),
                   *, class_averages: str | Path | None = None,
                   axis_angles: dict[int, float] | None = None, overwrite: bool = False,
-                  memory_budget: int = 256 << 20,
+                  memory_budget: int = 192 << 20,
                   progress: Callable[[int], None] | None = None) -> SpectrumResult:
     """Compute and write per-class and pooled averaged power spectra.
 
