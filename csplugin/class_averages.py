@@ -97,6 +97,7 @@ from csplugin.particles import ParticleTable
 from csplugin.stackers import (ImageStacker, MeanImageStacker, MedianImageStacker,
                                SigmaRejectionImageStacker, StreamingMean, WinsorizedImageStacker,
                                stack_in_tiles)
+from csplugin.tasks import SerialRunner, TaskRunner, task_table, used_stacks
 from csplugin.transform import INTERPOLATIONS, align_images
 from formats import InputError
 from formats.atomic import atomic_output
@@ -228,7 +229,8 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
                    invert_contrast: bool = False, interpolation: str = "cubic",
                    compare: str | Path | None = None, overwrite: bool = False,
                    chunk_size: int | None = None, tile_bytes: int = 32 << 20,
-                   progress: Callable[[int], None] | None = None) -> ClassAveragesResult:
+                   progress: Callable[[int], None] | None = None,
+                   runner: TaskRunner | None = None) -> ClassAveragesResult:
     """Rebuild the class averages of ``table`` from its stored alignments; write them to ``outdir``.
 
     Parameters
@@ -267,6 +269,9 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
         Order statistics: bytes of one float32 pixel tile of all particles of a class.
     progress
         Called with the number of particles finished after each chunk.
+    runner
+        Where each class is averaged (:func:`average_class`, one task per class): here
+        (None) or e.g. on a Dask cluster (:mod:`csplugin.distributed`); same result.
 
     Raises
     ------
@@ -275,7 +280,7 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
         CTF parameters, missing stacks, a ``compare`` stack that does not fit, existing
         outputs. Nothing is written then.
     """
-    _check_options(stacker, sigma, percentile, weights, ctf, wiener_snr, interpolation)
+    check_options(stacker, sigma, percentile, weights, ctf, wiener_snr, interpolation)
     outdir = Path(outdir)
     classified = table.particles["class_index"].to_numpy() >= 0
     if not classified.any():
@@ -303,9 +308,12 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
                                 chunk_size=chunk_size, tile_bytes=tile_bytes, spill_dir=outdir)
     averages = np.empty((len(class_index), box, box), np.float32)
     snrs = np.empty(len(class_index))
-    for i, k in enumerate(class_index):
-        rows = np.flatnonzero(index == k)
-        averages[i], snrs[i] = average_class(table.take(rows), stacks, w[rows], plan, progress)
+    members = [np.flatnonzero(index == k) for k in class_index]
+    tasks = ((task_table(table, rows), used_stacks(table, rows, stacks), w[rows], plan)
+             for rows in members)
+    results = (runner or SerialRunner()).map(average_class, tasks, map(len, members), progress)
+    for i, (average, snr) in enumerate(results):
+        averages[i], snrs[i] = average, snr
     if invert_contrast:
         averages *= -1
     counts = np.bincount(index, minlength=class_index.max() + 1)[class_index]
@@ -325,8 +333,10 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
 
 
 # ------------------------------------------------------------------------------------ checks
-def _check_options(stacker: str, sigma: float, percentile: float, weights: str, ctf: str,
-                   wiener_snr: float | None, interpolation: str) -> None:
+def check_options(stacker: str, sigma: float, percentile: float, weights: str, ctf: str,
+                  wiener_snr: float | None, interpolation: str) -> None:
+    """Refuse bad ``--stacker/--sigma/--percentile/--weights/--ctf/--wiener-snr/--interpolation``
+    values (InputError)."""
     for name, value, allowed in (("--stacker", stacker, STACKERS), ("--weights", weights, WEIGHTS),
                                  ("--ctf", ctf, CTF_MODES),
                                  ("--interpolation", interpolation, INTERPOLATIONS)):

@@ -122,6 +122,13 @@ Interpolation = Annotated[str, typer.Option(
          "'linear': bilinear, identical to relion_stack_create --apply_transformation.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing outputs in OUTDIR.")]
+Scheduler = Annotated[Optional[str], typer.Option(
+    help="Run the tasks (one per output stack, class or block of psi bins) on this Dask "
+         "scheduler, e.g. tcp://node12:8786 from dask-jobqueue on SLURM; workers must see the "
+         "same paths. Needs csplugin[dask].")]
+Workers = Annotated[Optional[int], typer.Option(
+    help="Run the tasks on a local Dask cluster of N processes (needs csplugin[dask]). "
+         "Default: the plain local run.")]
 
 
 @app.command("export-aligned")
@@ -134,6 +141,8 @@ def export_aligned_cmd(
     interpolation: Interpolation = "cubic",
     float16: Annotated[bool, typer.Option("--float16", help="Write float16 (mode 12) stacks.")] = False,
     particles_per_stack: Annotated[int, typer.Option(help="Images per output stack.")] = 10_000,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -149,14 +158,15 @@ def export_aligned_cmd(
     RELION from here) when OUTDIR is below it, else by absolute path; particles.cs names
     them relative to OUTDIR (give OUTDIR as cryoSPARC Import Particles' particle data path).
     """
+    from csplugin.distributed import connect
     from csplugin.export import export_aligned
     from csplugin.particles import open_particles
 
     table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
-    with _progress(quiet, "aligning", len(table)) as advance:
+    with connect(scheduler, workers) as runner, _progress(quiet, "aligning", len(table)) as advance:
         result = export_aligned(table, outdir, interpolation=interpolation, float16=float16,
                                 particles_per_stack=particles_per_stack, overwrite=overwrite,
-                                progress=advance)
+                                progress=advance, runner=runner)
     err.print(f"wrote {result.particles} aligned particles in {len(result.stacks)} stack(s), "
               f"{result.star} and {result.cs}")
 
@@ -235,6 +245,8 @@ def power_spectrum_cmd(
              "or RELION _classes.mrcs); default: rebuilt from up to 500 aligned particles "
              "per class.")] = None,
     psi_bin: Annotated[float, typer.Option(help="Width of the psi bins (degrees).")] = 0.5,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -257,11 +269,13 @@ def power_spectrum_cmd(
                               crop_resolution=crop_resolution,
                               suppress_detector_lines=suppress_detector_lines,
                               psi_bin_deg=psi_bin, axis=axis)  # type: ignore[arg-type]
+    from csplugin.distributed import connect
+
     table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
-    with _progress(quiet, "spectra", len(table)) as advance:
+    with connect(scheduler, workers) as runner, _progress(quiet, "spectra", len(table)) as advance:
         result = power_spectra(table, outdir, options, class_averages=class_averages,
                                axis_angles=_parse_angles(axis_angle), overwrite=overwrite,
-                               progress=advance)
+                               progress=advance, runner=runner)
     counts = ", ".join(f"{k}: {c}" for k, c in result.classes.items())
     err.print(f"wrote spectra of {sum(result.classes.values()) or 'all'} particles "
               f"(classes {counts or '-'}) to {result.outdir}")
@@ -309,11 +323,27 @@ def class_averages_cmd(
         help="Class averages of the same job (cryoSPARC J##_class_averages.mrc or RELION "
              "_classes.mrcs) to correlate with, slice = 0-based class index; writes "
              "compare.csv.")] = None,
+    select: Annotated[Optional[str], typer.Option(
+        help="Rank the classes and write them best first: 'top' (class order), 'random' "
+             "(seed 0), 'neighbor-variance' / 'distance' (ascending variance / mean of the "
+             "members' leave-one-out distances to their class; two extra passes), "
+             "'global-variance' / 'global-snr' (descending variance / banded SNR of each "
+             "average). Default: all classes in ascending class number.")] = None,
+    repulsion: Annotated[Optional[int], typer.Option(
+        help="With --select: greedy repulsion excluding each kept class's first K members "
+             "(stored 2D classes are disjoint, so this removes none of them).")] = None,
+    keep: Annotated[Optional[int], typer.Option(
+        help="With --select: write only the first N selected classes.")] = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
     """Rebuild the class averages from the stored alignments: each class's particles are
     aligned as export-aligned does (A(q) = P(R(-θ)q - s)) and stacked.
+
+    With --select, the same outputs list the selected classes best first (slice i = i-th
+    selected) with the selector's score (rlnClassSelectionScore, selection/score).
 
     Outputs in OUTDIR: class_averages.mrcs (slice i = i-th class in ascending class number,
     voxel size = pixel size), class_averages.cs (cryoSPARC class-averages layout, plus
@@ -326,12 +356,47 @@ def class_averages_cmd(
     from csplugin.particles import open_particles
 
     table = select_classes(open_particles(file, passthrough, project_dir), parse_classes(classes))
+    if select is not None and (scheduler is not None or workers is not None):
+        raise InputError(None, "--select runs in this process", "drop --scheduler/--workers")
+    if select is not None:
+        from csplugin.averaging.job import particles_to_average, selection_source
+        from csplugin.class_averages import output_paths
+        from csplugin.export import prepare_outdir
+
+        if compare is not None:
+            raise InputError(None, "--compare needs the class order", "drop --select")
+        if keep is not None and keep < 1:
+            raise InputError(None, f"--keep {keep} must be >= 1", "e.g. --keep 20")
+        prepare_outdir(outdir, list(output_paths(outdir).values()), overwrite)
+        source = selection_source(table, select, repulsion=repulsion, stacker=stacker,
+                                  sigma=sigma, percentile=percentile, weights=weights, ctf=ctf,
+                                  wiener_snr=wiener_snr, interpolation=interpolation,
+                                  spill_dir=outdir)
+        with _progress(quiet, "averaging", particles_to_average(source, keep)) as advance:
+            source.averager.progress = advance
+            saved = source.save(outdir, keep, invert_contrast=invert_contrast, overwrite=True)
+        numbers = saved.labels + table.class_base
+        for label, number in zip(saved.labels.tolist(), numbers):
+            if label in source.averager.snr:
+                err.print(f"class {number}: Wiener SNR {source.averager.snr[label]:.3g}")
+        out.print("rank  class  particles  score")
+        for rank, (number, count, score) in enumerate(zip(numbers, saved.counts, saved.scores)):
+            out.print(f"{rank:>4}  {number:>5}  {count:>9}  {score:.4g}")
+        err.print(f"wrote {len(saved.rows)} of {source.n} selected class averages "
+                  f"({select}): {saved.mrcs}, {saved.cs.name}, {saved.star.name}, "
+                  f"{saved.png.name}")
+        return
+    if repulsion is not None or keep is not None:
+        raise InputError(None, "--repulsion and --keep rank classes", "add --select")
+    from csplugin.distributed import connect
+
     total = int((table.particles["class_index"] >= 0).sum())
-    with _progress(quiet, "averaging", total) as advance:
+    with connect(scheduler, workers) as runner, _progress(quiet, "averaging", total) as advance:
         result = class_averages(
             table, outdir, stacker=stacker, sigma=sigma, percentile=percentile, weights=weights,
             ctf=ctf, wiener_snr=wiener_snr, invert_contrast=invert_contrast,
-            interpolation=interpolation, compare=compare, overwrite=overwrite, progress=advance)
+            interpolation=interpolation, compare=compare, overwrite=overwrite, progress=advance,
+            runner=runner)
     if result.snr is not None:
         for number, snr in zip(result.classes, result.snr):
             err.print(f"class {number}: Wiener SNR {snr:.3g}")

@@ -30,6 +30,11 @@ cryoSPARC -> RELION
 
 Internally, image indices and class indices are 0-based (``class_index = -1``: unclassified).
 
+Mirrored particles (a reflection found by a classifier, e.g. a neighbour network) are
+mirrored about the line ``y = 0`` *before* the rotation and shift:
+``A(q) = P_M(R(-θ) q - s)`` with ``P_M(x, y) = P(x, -y)`` (:func:`mirror_y`); the CTF of
+``P_M`` has astigmatism angle ``-φ``.
+
 Other field mappings kept here (each with its unit change):
 
 =============================  ===============================  =======================
@@ -185,3 +190,20 @@ def residual_psi_prior(psi_prior_deg: np.ndarray, angle: np.ndarray) -> np.ndarr
     becomes ``psi_prior - degrees(θ)`` for the aligned one (NaN stays NaN).
     """
     return np.asarray(psi_prior_deg, np.float64) - np.rad2deg(np.asarray(angle, np.float64))
+
+
+def mirror_y(images: np.ndarray) -> np.ndarray:
+    """Mirror images ``(..., N, N)`` about the line ``y = 0`` (row ``N//2``): ``P_M(x, y) = P(x, -y)``.
+
+    Row ``N//2 + y`` takes row ``N//2 - y``; for even ``N`` row 0 (``y = -N/2``, whose mirror
+    lies outside the box) becomes 0, like the zero fill of :func:`csplugin.transform.align_images`.
+    Returns a new array of the same dtype.
+    """
+    images = np.asarray(images)
+    n = images.shape[-2]
+    out = np.zeros_like(images)
+    if n % 2:
+        out[...] = images[..., ::-1, :]
+    else:
+        out[..., 1:, :] = images[..., :0:-1, :]
+    return out

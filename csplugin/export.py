@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +33,10 @@ import numpy as np
 from csplugin import conventions as cv
 from csplugin.images import check_stacks, iter_chunks
 from csplugin.particles import ParticleTable, save_particles
+from csplugin.tasks import TaskRunner, task_table, used_stacks
 from csplugin.transform import INTERPOLATIONS, align_images
 from formats import InputError
-from formats.mrc import StackWriter
+from formats.mrc import Stack, StackWriter
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def prepare_outdir(outdir: Path, products: list[Path], overwrite: bool) -> None:
 def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: str = "cubic",
                    float16: bool = False, particles_per_stack: int = 10_000,
                    chunk_size: int | None = None, overwrite: bool = False,
-                   progress: Callable[[int], None] | None = None) -> ExportResult:
+                   progress: Callable[[int], None] | None = None,
+                   runner: TaskRunner | None = None) -> ExportResult:
     """Write the aligned particles of ``table`` and their metadata to ``outdir``.
 
     Parameters
@@ -89,6 +91,11 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
         Replace existing ``particles.star``/``particles.cs``/stacks in ``outdir``.
     progress
         Called with the number of particles finished after each chunk.
+    runner
+        None: stream here (reading, aligning and writing overlap). Else each output stack
+        is one task of ``runner`` (:func:`export_stack`, e.g. on a Dask cluster), with the
+        same images bit for bit; the metadata is written here once every stack exists.
+        If a task fails, every output stack of the run is removed.
     """
     if interpolation not in INTERPOLATIONS:
         raise InputError(None, f"unknown interpolation {interpolation!r}",
@@ -108,25 +115,24 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
     angles = p["angle"].to_numpy()
     shifts = p[["shift_x", "shift_y"]].to_numpy()
     written: list[Path] = []
-    chunks = iter_chunks(table, chunk_size, stacks_in, segment=particles_per_stack)
     try:
-        with ThreadPoolExecutor(max_workers=1) as writer_thread:  # writes overlap the maths
-            for k, name in enumerate(names):
-                count = min(particles_per_stack, n - k * particles_per_stack)
-                with StackWriter(name, count, box, pixel_size, float16) as writer:
-                    done, pending = 0, None
-                    while done < count:
-                        rows, images = next(chunks)
-                        aligned = align_images(images, angles[rows], shifts[rows], interpolation)
-                        if pending is not None:
-                            pending.result()
-                        pending = writer_thread.submit(writer.write, aligned)
-                        done += len(rows)
-                        if progress is not None:
-                            progress(len(rows))
-                    if pending is not None:
-                        pending.result()
-                written.append(name)
+        if runner is None:
+            chunks = iter_chunks(table, chunk_size, stacks_in, segment=particles_per_stack)
+            with ThreadPoolExecutor(max_workers=1) as writer_thread:  # writes overlap the maths
+                for k, name in enumerate(names):
+                    count = min(particles_per_stack, n - k * particles_per_stack)
+                    _write_stack(name, count, chunks, angles, shifts, box, pixel_size, float16,
+                                 interpolation, writer_thread, progress)
+                    written.append(name)
+        else:
+            written += names  # tasks finish in any order: on failure remove them all
+            blocks = [np.arange(k * particles_per_stack, min((k + 1) * particles_per_stack, n))
+                      for k in range(len(names))]
+            tasks = ((task_table(table, rows), used_stacks(table, rows, stacks_in),
+                      name.absolute(), box, pixel_size, float16, interpolation, chunk_size)
+                     for rows, name in zip(blocks, names))
+            for _ in runner.map(export_stack, tasks, map(len, blocks), progress):
+                pass
         stack_index = np.arange(n) % particles_per_stack
         which = np.arange(n) // particles_per_stack
         aligned = table.with_columns(
@@ -141,7 +147,56 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
         for path in written:  # no partial outputs: a failed run leaves none of its files
             path.unlink(missing_ok=True)
         raise
+    finally:
+        if runner is not None:
+            remove_stale_parts(names)
     return ExportResult(star_path, cs_path, names, n)
+
+
+def export_stack(table: ParticleTable, stacks: dict[str, Stack], name: Path, box: int,
+                 pixel_size: float, float16: bool, interpolation: str,
+                 chunk_size: int | None, progress: Callable[[int], None] | None = None) -> Path:
+    """Write every particle of ``table``, aligned, as the stack ``name``: one export task.
+
+    ``stacks`` holds (at least) the input stacks the table refers to, already checked.
+    Returns ``name``. The stack appears atomically, so a task that dies leaves at most a
+    hidden ``.name.*.part`` file (see :func:`remove_stale_parts`).
+    """
+    p = table.particles
+    angles, shifts = p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy()
+    chunks = iter_chunks(table, chunk_size, stacks)
+    with ThreadPoolExecutor(max_workers=1) as writer_thread:
+        _write_stack(name, len(table), chunks, angles, shifts, box, pixel_size, float16,
+                     interpolation, writer_thread, progress)
+    return name
+
+
+def _write_stack(name: Path, count: int, chunks: Iterator[tuple[np.ndarray, np.ndarray]],
+                 angles: np.ndarray, shifts: np.ndarray, box: int, pixel_size: float,
+                 float16: bool, interpolation: str, writer_thread: ThreadPoolExecutor,
+                 progress: Callable[[int], None] | None) -> None:
+    """Align the next ``count`` images of ``chunks`` (rows index ``angles``/``shifts``) and
+    write them to ``name``, the writing of each chunk overlapping the next one's maths."""
+    with StackWriter(name, count, box, pixel_size, float16) as writer:
+        done, pending = 0, None
+        while done < count:
+            rows, images = next(chunks)
+            aligned = align_images(images, angles[rows], shifts[rows], interpolation)
+            if pending is not None:
+                pending.result()
+            pending = writer_thread.submit(writer.write, aligned)
+            done += len(rows)
+            if progress is not None:
+                progress(len(rows))
+        if pending is not None:
+            pending.result()
+
+
+def remove_stale_parts(products: list[Path]) -> None:
+    """Remove the temporary ``.NAME.*.part`` files that tasks killed mid-write left behind."""
+    for product in products:
+        for stale in product.parent.glob(f".{product.name}.*.part"):
+            stale.unlink(missing_ok=True)
 
 
 def relion_path(path: Path) -> str:

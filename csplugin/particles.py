@@ -29,8 +29,9 @@ Normalised columns
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,9 @@ from formats.cs import decode, encode, find_passthrough, merge_passthrough, read
 from formats.mrc import open_stack
 from formats.star import (join_image_names, particle_blocks, read_star, split_image_names,
                           write_star)
+
+if TYPE_CHECKING:
+    from csplugin.images import ParticleImages
 
 Kind = Literal["cs", "star"]
 
@@ -92,6 +96,19 @@ class ParticleTable:
 
     def __len__(self) -> int:
         return len(self.particles)
+
+    @property
+    def n(self) -> int:
+        """Number of particles (``len(table)``)."""
+        return len(self.particles)
+
+    @cached_property
+    def images(self) -> ParticleImages:
+        """The raw particle images, read on demand: ``images[i:j]`` -> ``(k, N, N)`` float32
+        in table order (:class:`csplugin.images.ParticleImages`; stacks checked on first use)."""
+        from csplugin.images import ParticleImages
+
+        return ParticleImages(self)
 
     @property
     def class_base(self) -> int:
@@ -323,7 +340,9 @@ def to_cs(table: ParticleTable) -> np.ndarray:
 
     Fields csplugin understands come from the normalised columns; for a ``.cs`` input every
     other field is carried over unchanged. ``alignments2D/psize_A`` is set to
-    ``blob/psize_A`` because shifts are written in particle pixels.
+    ``blob/psize_A`` because shifts are written in particle pixels. Without an input
+    ``blob/sign``, ``blob/sign`` is -1 (what cryoSPARC's Import Particles writes for data
+    whose sign is not flipped), so the ``blob`` slot is complete.
     """
     p = table.particles
     n = len(p)
@@ -356,6 +375,8 @@ def to_cs(table: ParticleTable) -> np.ndarray:
     if "micrograph" in p:
         new["location/micrograph_path"] = encode(p["micrograph"].to_numpy(str))
     native = table.native if table.kind == "cs" else None
+    if native is None or "blob/sign" not in native.dtype.names:
+        new["blob/sign"] = np.full(n, -1.0, np.float32)  # what cryoSPARC's import writes
     descr: list[tuple[str, np.dtype, tuple[int, ...]]] = []
     names = list(native.dtype.names) if native is not None else []
     names += [k for k in new if k not in names]

@@ -400,7 +400,7 @@ class PowerSpectrumAccumulator:
             raise ValueError(
                 f"need images (n, {box}, {box}) and angles (n,), got {images.shape}, {angles.shape}"
             )
-        bins = np.rint(np.mod(angles, math.pi) / self._bin_width).astype(np.int64) % self.n_bins
+        bins = self.psi_bins(angles)
         # Offset from the bin centre, wrapped into [-pi/2, pi/2).
         offsets = np.mod(angles - bins * self._bin_width + math.pi / 2, math.pi) - math.pi / 2
         chunk = max(1, _CHUNK_BYTES // (8 * self.size * (self.size // 2 + 1)))
@@ -416,6 +416,16 @@ class PowerSpectrumAccumulator:
             _accumulate(f, bins[sel], self.quantity == "power", self._sums)
         np.add.at(self._counts, bins, 1)
         np.add.at(self._offsets, bins, offsets)
+
+    def psi_bins(self, angles: ArrayLike) -> NDArray[np.int64]:
+        """The psi bin ``(n,)`` in ``[0, n_bins)`` that :meth:`add` puts each angle (rad) in.
+
+        Particles in disjoint sets of bins give :meth:`rotated_sums` that add up to their
+        union's (every bin is rotated by the mean angle of its own members), up to the order
+        of the float sums over bins.
+        """
+        angles = np.asarray(angles, dtype=np.float64)
+        return np.rint(np.mod(angles, math.pi) / self._bin_width).astype(np.int64) % self.n_bins
 
     def merge(self, other: PowerSpectrumAccumulator) -> None:
         """Add the particles of ``other`` (same settings) to this accumulator, exactly."""

@@ -39,7 +39,7 @@ classes' rotated ``(M, M)`` sums, so it needs no bins of its own.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -52,10 +52,11 @@ from csplugin.images import check_stacks, iter_chunks
 from csplugin.particles import ParticleTable
 from csplugin.power_spectrum import (PowerSpectrumAccumulator, RotatedSums, axis_rotation,
                                      crop_to_resolution, estimate_axis_angle, profiles, to_log)
+from csplugin.tasks import TaskRunner, task_table, used_stacks
 from csplugin.transform import align_images
 from formats import InputError
 from formats.atomic import atomic_output
-from formats.mrc import open_stack, write_image
+from formats.mrc import Stack, open_stack, write_image
 
 Axis = Literal["class", "vertical", "horizontal"]
 #: Particles per class aligned to rebuild an average for the axis estimate.
@@ -92,7 +93,9 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
                   *, class_averages: str | Path | None = None,
                   axis_angles: dict[int, float] | None = None, overwrite: bool = False,
                   memory_budget: int = 192 << 20,
-                  progress: Callable[[int], None] | None = None) -> SpectrumResult:
+                  progress: Callable[[int], None] | None = None,
+                  runner: TaskRunner | None = None,
+                  block_particles: int = 10_000) -> SpectrumResult:
     """Compute and write per-class and pooled averaged power spectra.
 
     Parameters
@@ -112,6 +115,14 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
         Bytes of psi-bin sums held at once (classes are grouped to fit).
     progress
         Called with the number of particles finished after each chunk.
+    runner
+        None: grouped passes here (above). Else each class is cut into blocks of whole psi
+        bins of about ``block_particles`` particles, each block one task of ``runner``
+        (:func:`spectrum_block`, e.g. on a Dask cluster) returning its bins rotated and
+        summed; a class's blocks add up to its sums. Bin sums are those of the local run
+        bit for bit; the spectra differ only by the order of the float sums over bins.
+    block_particles
+        Particles per task with a ``runner``.
     """
     outdir = Path(outdir)
     stacks = check_stacks(table)
@@ -129,36 +140,21 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
     acc_bytes = (180 / options.psi_bin_deg) * (options.pad * box) * (options.pad * box // 2 + 1) * 4
     per_pass = max(1, int(memory_budget // acc_bytes))
     keys: list[int | None] = [int(k) for k in labels] or [None]  # None: unclassified input
+    if runner is None:
+        class_sums = _grouped_passes(table, stacks, keys, stored, axis_angles, options, per_pass,
+                                     progress)
+    else:
+        class_sums = _block_tasks(table, stacks, keys, stored, axis_angles, options,
+                                  block_particles, runner, progress)
     pooled: RotatedSums | None = None
-    rebuilt: dict[int, tuple[np.ndarray, int]] = {}
     spectra: dict[str, np.ndarray] = {}
     axis_deg: dict[int, float] = {}
-    for first in range(0, len(keys), per_pass):
-        group = keys[first:first + per_pass]
-        subset = table.take(np.isin(numbers, group)) if has_classes else table
-        accs = {k: _accumulator(box, options) for k in group}
-        sub_numbers = subset.class_numbers()
-        want_axis = options.axis != "class"
-        for chunk_rows, images in iter_chunks(subset, stacks=stacks):
-            angles = subset.particles["angle"].to_numpy()[chunk_rows]
-            for k, acc in accs.items():
-                mine = sub_numbers[chunk_rows] == k if k is not None else slice(None)
-                if np.any(mine):
-                    acc.add(images[mine], angles[mine])
-                    if want_axis and k is not None and k not in stored:
-                        _rebuild(rebuilt, k, images[mine], subset, chunk_rows[mine])
-            if progress is not None:
-                progress(len(chunk_rows))
-        for k, acc in accs.items():
-            angle = _axis_angle(k, axis_angles, stored, rebuilt, options.axis) \
-                if k is not None else None
-            if angle is not None:
-                axis_deg[k] = float(np.rad2deg(angle))
-            sums = acc.rotated_sums(axis_rotation(angle, options.axis) if angle is not None else 0.0)
-            if k is not None:
-                spectra[f"ps_class{k}"] = sums.spectrum()
-            pooled = sums if pooled is None else pooled + sums
-        del accs  # free this group's bins before the next pass
+    for k, angle, sums in class_sums:  # in class order
+        if angle is not None:
+            axis_deg[k] = float(np.rad2deg(angle))
+        if k is not None:
+            spectra[f"ps_class{k}"] = sums.spectrum()
+        pooled = sums if pooled is None else pooled + sums
     assert pooled is not None
     spectra["ps_all"] = pooled.spectrum()
     spectra["ps_camera_frame"] = pooled.camera_frame()
@@ -173,6 +169,127 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
     with atomic_output(outdir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return result
+
+
+ClassSums = Iterator[tuple[int | None, float | None, RotatedSums]]
+
+
+def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[int | None],
+                    stored: dict[int, np.ndarray], given: dict[int, float] | None,
+                    options: SpectrumOptions, per_pass: int,
+                    progress: Callable[[int], None] | None) -> ClassSums:
+    """Yield ``(class, axis angle or None, rotated sums)`` per class, in order, computing
+    ``per_pass`` classes per pass over their particles (the local run)."""
+    numbers, box = table.class_numbers(), table.box()
+    for first in range(0, len(keys), per_pass):
+        group = keys[first:first + per_pass]
+        subset = table.take(np.isin(numbers, group)) if group != [None] else table
+        accs = {k: _accumulator(box, options) for k in group}
+        rebuilt: dict[int, tuple[np.ndarray, int]] = {}
+        sub_numbers = subset.class_numbers()
+        want_axis = options.axis != "class"
+        for chunk_rows, images in iter_chunks(subset, stacks=stacks):
+            angles = subset.particles["angle"].to_numpy()[chunk_rows]
+            for k, acc in accs.items():
+                mine = sub_numbers[chunk_rows] == k if k is not None else slice(None)
+                if np.any(mine):
+                    acc.add(images[mine], angles[mine])
+                    if want_axis and k is not None and k not in stored:
+                        _rebuild(rebuilt, k, images[mine], subset, chunk_rows[mine])
+            if progress is not None:
+                progress(len(chunk_rows))
+        for k, acc in accs.items():
+            angle = _axis_angle(k, given, stored, rebuilt, options.axis) if k is not None else None
+            yield k, angle, acc.rotated_sums(_rotation(angle, options.axis))
+        del accs  # free this group's bins before the next pass
+
+
+def _block_tasks(table: ParticleTable, stacks: dict[str, Stack], keys: list[int | None],
+                 stored: dict[int, np.ndarray], given: dict[int, float] | None,
+                 options: SpectrumOptions, block_particles: int, runner: TaskRunner,
+                 progress: Callable[[int], None] | None) -> ClassSums:
+    """Like :func:`_grouped_passes`, as ``runner`` tasks: axis averages first (where the
+    axis is needed, unknown and not stored), then blocks of whole psi bins per class."""
+    numbers, box = table.class_numbers(), table.box()
+    members = {k: np.flatnonzero(numbers == k) if k is not None else np.arange(len(table))
+               for k in keys}
+    missing = [k for k in keys if k is not None and options.axis != "class"
+               and not (given and k in given) and k not in stored]
+    firsts = [members[k][:AXIS_PARTICLES] for k in missing]
+    rebuilt = dict(zip(missing, runner.map(
+        rebuilt_average, ((task_table(table, r), used_stacks(table, r, stacks)) for r in firsts),
+        [0] * len(firsts))))  # these particles count once, in their block
+    angles = {k: _axis_angle(k, given, stored, rebuilt, options.axis) if k is not None else None
+              for k in keys}
+    blocks: list[tuple[int | None, np.ndarray]] = []
+    for k in keys:
+        bins = _accumulator(box, options).psi_bins(
+            table.particles["angle"].to_numpy()[members[k]])
+        blocks += [(k, members[k][part]) for part in psi_blocks(bins, block_particles)]
+    tasks = ((task_table(table, rows), used_stacks(table, rows, stacks), box, options,
+              _rotation(angles[k], options.axis)) for k, rows in blocks)
+    results = runner.map(spectrum_block, tasks, [len(rows) for _, rows in blocks], progress)
+    sums: RotatedSums | None = None
+    for i, ((k, _), block) in enumerate(zip(blocks, results)):
+        sums = block if sums is None else sums + block
+        if i + 1 == len(blocks) or blocks[i + 1][0] != k:
+            yield k, angles[k], sums
+            sums = None
+
+
+def psi_blocks(bins: np.ndarray, size: int) -> list[np.ndarray]:
+    """Split particles into blocks of whole psi bins of about ``size`` particles each.
+
+    Parameters
+    ----------
+    bins
+        ``(n,)`` psi bin of each particle.
+    size
+        Target particles per block (a bin is never split, so a block may hold more).
+
+    Returns
+    -------
+    list of ndarray
+        Positions into ``bins``, ascending within each block; together every position once.
+    """
+    order = np.argsort(bins, kind="stable")
+    counts = np.bincount(bins)
+    cuts, total = [], 0
+    for b, count in enumerate(counts):  # close a block at the bin where it reaches size
+        total += count
+        if total >= size and b + 1 < len(counts):
+            cuts.append(b + 1)
+            total = 0
+    edges = np.searchsorted(bins[order], cuts)
+    return [np.sort(part) for part in np.split(order, edges) if len(part)]
+
+
+def spectrum_block(table: ParticleTable, stacks: dict[str, Stack], box: int,
+                   options: SpectrumOptions, rotation: float,
+                   progress: Callable[[int], None] | None = None) -> RotatedSums:
+    """Every particle of ``table`` in one accumulator, its bins rotated (plus ``rotation``)
+    and summed: one power-spectrum task."""
+    acc = _accumulator(box, options)
+    angles = table.particles["angle"].to_numpy()
+    for rows, images in iter_chunks(table, stacks=stacks):
+        acc.add(images, angles[rows])
+        if progress is not None:
+            progress(len(rows))
+    return acc.rotated_sums(rotation)
+
+
+def rebuilt_average(table: ParticleTable, stacks: dict[str, Stack],
+                    progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
+    """Sum and count of the aligned particles of ``table`` (bilinear), for the axis estimate."""
+    sums: dict[int, tuple[np.ndarray, int]] = {}
+    for rows, images in iter_chunks(table, stacks=stacks):
+        _rebuild(sums, 0, images, table, rows)
+    return sums[0]
+
+
+def _rotation(angle: float | None, axis: Axis) -> float:
+    """Extra rotation of a class's spectrum: none without an axis angle."""
+    return axis_rotation(angle, axis) if angle is not None else 0.0
 
 
 def _accumulator(box: int, o: SpectrumOptions) -> PowerSpectrumAccumulator:

@@ -28,3 +28,7 @@ class InputError(Exception):
         where = f"{self.path}: " if self.path is not None else ""
         tail = f" ({fix})" if fix else ""
         super().__init__(f"{where}{problem}{tail}")
+
+    def __reduce__(self) -> tuple[type, tuple[Path | None, str, str]]:
+        """Pickle by the constructor's arguments (it crosses process boundaries in Dask)."""
+        return type(self), (self.path, self.problem, self.fix)
