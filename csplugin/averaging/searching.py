@@ -139,6 +139,14 @@ class SearchingAverager2D(AligningAverager2D):
         return image
 
 
+def _shift_trials(radius: float | None, box: int) -> tuple[float, np.ndarray]:
+    """The shift search radius (default ``box // 32``) and its integer offsets ``(t, 2)``."""
+    radius = box // 32 if radius is None else float(radius)
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    return radius, shift_grid(radius)
+
+
 class BFSRAverager2D(SearchingAverager2D):
     """Brute-force rotation and shift search (polar correlation, module docstring of
     :mod:`csplugin.averaging.search`) over integer shifts within ``radius`` of the origin.
@@ -152,10 +160,7 @@ class BFSRAverager2D(SearchingAverager2D):
     def __init__(self, src: ParticleTable, image_stacker: ImageStacker | None = None, *,
                  radius: float | None = None, **options: object) -> None:
         super().__init__(src, image_stacker, **options)  # type: ignore[arg-type]
-        self.radius = self.box // 32 if radius is None else float(radius)
-        if self.radius < 0:
-            raise ValueError(f"radius must be >= 0, got {radius}")
-        self.offsets = shift_grid(self.radius)
+        self.radius, self.offsets = _shift_trials(radius, self.box)
 
     def _trials(self) -> int:
         return len(self.offsets)
@@ -209,10 +214,7 @@ class BFSReddyChatterjiAverager2D(SearchingAverager2D):
     def __init__(self, src: ParticleTable, image_stacker: ImageStacker | None = None, *,
                  radius: float | None = None, **options: object) -> None:
         super().__init__(src, image_stacker, **options)  # type: ignore[arg-type]
-        self.radius = self.box // 32 if radius is None else float(radius)
-        if self.radius < 0:
-            raise ValueError(f"radius must be >= 0, got {radius}")
-        self.offsets = shift_grid(self.radius)
+        self.radius, self.offsets = _shift_trials(radius, self.box)
 
     def _trials(self) -> int:
         return 2 * len(self.offsets)  # image polar samples and half-turn spectra per trial
