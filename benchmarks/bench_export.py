@@ -4,7 +4,8 @@ Run: ``python benchmarks/bench_export.py [--n 12000] [--boxes 128 256]``. Each c
 its own process under ``/usr/bin/time`` with a warm page cache, after the previous outputs are
 deleted and flushed (``sync``), so that no run pays for another's write-back:
 
-* floor: read every particle through csplugin's chunked reader and do nothing else;
+* floors: read every particle through csplugin's chunked reader and do nothing else; and
+  read them and write them out unchanged (the I/O any export must do);
 * csplugin export-aligned, cubic (default) and linear, writing stacks + .star + .cs;
 * ``relion_stack_create --apply_transformation --one_by_one`` (absolute paths), if installed.
 """
@@ -22,6 +23,11 @@ from common import HEADER, machine, make_dataset, run_rows  # noqa: E402
 
 FLOOR = ("from csplugin.particles import open_particles; from csplugin.images import iter_chunks; "
          "[None for _ in iter_chunks(open_particles({path!r}))]")
+#: Read every particle and write it out unchanged as one float32 stack: the I/O floor of export.
+COPY = ("from csplugin.particles import open_particles; from csplugin.images import iter_chunks; "
+        "from formats.mrc import StackWriter; t = open_particles({path!r}); "
+        "w = StackWriter({out!r}, len(t), t.box(), 1.0).__enter__(); "
+        "[w.write(im) for _, im in iter_chunks(t)]; w.__exit__(None, None, None)")
 
 
 def main() -> None:
@@ -37,7 +43,9 @@ def main() -> None:
         cs, star = make_dataset(args.root, args.n, box)
         out = args.root / f"out_{box}"
         out.mkdir(exist_ok=True)
-        runs = {"floor (read all stacks)": [sys.executable, "-c", FLOOR.format(path=str(cs))]}
+        runs = {"floor (read all stacks)": [sys.executable, "-c", FLOOR.format(path=str(cs))],
+                "floor (read + write, no maths)": [
+                    sys.executable, "-c", COPY.format(path=str(cs), out=str(out / "copy.mrcs"))]}
         for method in ("cubic", "linear"):
             runs[f"csplugin export-aligned {method}"] = [
                 sys.executable, "-m", "csplugin", "export-aligned", str(cs), "-o", str(out),
