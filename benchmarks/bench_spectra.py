@@ -4,7 +4,8 @@ Run: ``python benchmarks/bench_spectra.py [--n 12000] [--boxes 256]``. Same data
 conditions as ``bench_export.py``: each command in its own process under ``/usr/bin/time``,
 warm page cache. Compared:
 
-* floor: read every particle through csplugin's chunked reader;
+* floors: read every particle through csplugin's chunked reader; and read them and take
+  their batched FFTs and |F|² (the work any averaged spectrum needs);
 * ``csplugin power-spectrum`` at pad 1 (RELION's sampling) and pad 2 (the default), with
   the default conditioning, per-class + pooled + camera-frame spectra, PNGs and profiles;
 * ``relion_image_handler --avg_ampl2_ali`` (pooled only, half plane), if installed.
@@ -20,6 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_export import FLOOR  # noqa: E402
+
+#: Read every particle and take the batched float32 FFTs (pad 1) and |F|², nothing else: the
+#: work any averaged power spectrum must do, whatever it does about rotation.
+FFT = ("import scipy.fft, numpy as np; from csplugin.particles import open_particles; "
+       "from csplugin.images import iter_chunks; "
+       "[np.square(np.abs(scipy.fft.rfft2(im, workers=-1))) for _, im in "
+       "iter_chunks(open_particles({path!r}))]")
 from common import HEADER, machine, make_dataset, run_rows  # noqa: E402
 
 
@@ -36,7 +44,9 @@ def main() -> None:
         cs, star = make_dataset(args.root, args.n, box)
         out = args.root / f"ps_{box}"
         out.mkdir(exist_ok=True)
-        runs = {"floor (read all stacks)": [sys.executable, "-c", FLOOR.format(path=str(cs))]}
+        runs = {"floor (read all stacks)": [sys.executable, "-c", FLOOR.format(path=str(cs))],
+                "floor (read + FFT + |F|², pad 1)": [sys.executable, "-c",
+                                                     FFT.format(path=str(cs))]}
         for pad in (1, 2):
             runs[f"csplugin power-spectrum --pad {pad}"] = [
                 sys.executable, "-m", "csplugin", "power-spectrum", str(cs), "-o", str(out),

@@ -89,7 +89,7 @@ Quantity = Literal["power", "amplitude"]
 
 _MIN_WEIGHT_FRACTION = 0.05  # below this share of the particles, fall back to the plain average
 _CHUNK_BYTES = 1 << 24  # complex64 FFT output per batch (16 MiB): bounds the transient memory
-_ROTATE_CHUNK = 4  # bin sums rotated per align_images call (bounds the transient planes)
+_ROTATE_BYTES = 48 << 20  # planes rotated per align_images call (bounds the transient memory)
 
 
 def soft_circular_mask(box: int, radius: float = 0.45, edge: float = 0.05) -> NDArray[np.float32]:
@@ -484,15 +484,23 @@ class PowerSpectrumAccumulator:
             lines = detector_line_weights(m, self.pad + self.pad // 2)
             weighted = np.zeros((m, m), dtype=np.float64)
             weight = np.zeros((m, m), dtype=np.float64)
-        for start in range(0, len(used), _ROTATE_CHUNK):
-            sel = slice(start, start + _ROTATE_CHUNK)
-            full = half_to_full(self._sums[used[sel]])
-            ang = angles[sel]
-            plain += _rotate(full, ang).sum(axis=0)
+        # one align_images call per batch: the spectra, and with suppression the masked
+        # spectra and the masks, rotated together (few parallel launches, bounded planes)
+        parts = 1 if lines is None else 3
+        batch = max(1, _ROTATE_BYTES // (parts * 4 * m * m))
+        for start in range(0, len(used), batch):
+            bins = used[start:start + batch]
+            full = half_to_full(self._sums[bins])
+            planes = [full]
             if lines is not None:
-                weighted += _rotate(full * lines, ang).sum(axis=0)
-                counts = self._counts[used[sel]].astype(np.float32)
-                weight += _rotate(np.multiply.outer(counts, lines), ang).sum(axis=0)
+                planes += [full * lines, np.multiply.outer(self._counts[bins].astype(np.float32),
+                                                          lines)]
+            rotated = _rotate(np.concatenate(planes), np.tile(angles[start:start + batch], parts))
+            rotated = rotated.reshape(parts, len(bins), m, m).sum(axis=1, dtype=np.float64)
+            plain += rotated[0]
+            if weighted is not None and weight is not None:
+                weighted += rotated[1]
+                weight += rotated[2]
         camera = self._sums.sum(axis=0, dtype=np.float64)
         return RotatedSums(plain, weighted, weight, camera, self.n)
 
