@@ -409,6 +409,63 @@ def class_averages_cmd(
               f"{result.png.name}" + (f", {result.compare_csv.name}" if result.compare_csv else ""))
 
 
+@app.command()
+def classify(
+    file: Input,
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    n_nbor: Annotated[int, typer.Option(
+        help="Neighbours per particle in the network, the particle itself included.")] = 10,
+    n_classes: Annotated[Optional[int], typer.Option(
+        "--n-classes", help="Also partition the particles into K classes (reference-free "
+                          "2D classification of the denoised network means) and write them "
+                          "with in-plane angles as particles.star / particles.cs.")] = None,
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    fspca_components: Annotated[int, typer.Option(
+        help="Most steerable-PCA components kept above the noise.")] = 400,
+    bispectrum_components: Annotated[int, typer.Option(
+        help="Dimension of the invariant (bispectrum) features.")] = 150,
+    diffusion: Annotated[bool, typer.Option(
+        help="Rank neighbours by vector diffusion over the alignment graph (more accurate "
+             "at low SNR) instead of the pairwise alignment distance.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the randomized steps.")] = 0,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Classify particles without using any stored alignment or class (RIRClass2D): every
+    particle gets its nearest neighbours among the others and their mirror images, found by
+    rotation-invariant (bispectrum) features of a noise-whitened steerable PCA, rotational
+    alignment and vector diffusion. Particles should be centred in the box.
+
+    Outputs in OUTDIR: neighbors.npz (indices, reflections, distances, rotations: (n,
+    n_nbor), 0-based input rows, column 0 = the particle; uid), summary.json and, with
+    --n-classes K, particles.star / particles.cs: the input with class = new class (0-based
+    .cs, 1-based .star, 0/1 = largest), psi/pose = in-plane angle into the class frame,
+    origins/shift 0, so that class-averages can average them.
+    """
+    from csplugin.averaging.classify_job import classify_particles
+    from csplugin.particles import open_particles
+
+    table = open_particles(file, passthrough, project_dir)
+    result = classify_particles(table, outdir, n_nbor=n_nbor, n_classes=n_classes, seed=seed,
+                                overwrite=overwrite, fspca_components=fspca_components,
+                                bispectrum_components=bispectrum_components,
+                                diffusion=diffusion)
+    if not quiet:
+        info = json.loads(result.summary.read_text())["classifier"]
+        seconds = sum(info["seconds"].values())
+        err.print(f"{info['particles']} particles of {info['box']} px: noise variance "
+                  f"{info['noise_variance']:.4g}, {info['spca_components']} steerable "
+                  f"components, {info['bispectrum_triplets']} invariant triplets -> "
+                  f"{info['bispectrum_components']}; classified in {seconds:.1f} s")
+    written = [result.neighbors.name, result.summary.name]
+    if result.class_sizes is not None:
+        sizes = result.class_sizes
+        err.print(f"{len(sizes)} classes of {min(sizes)} to {max(sizes)} particles")
+        written += [result.star.name, result.cs.name]  # type: ignore[union-attr]
+    err.print(f"wrote {', '.join(written)} to {outdir}")
+
+
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise InputError(path, "already exists", "pass --overwrite to replace it")

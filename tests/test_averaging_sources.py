@@ -223,3 +223,23 @@ def noisy_job(tmp_path_factory: pytest.TempPathFactory):
 
     return make_job(tmp_path_factory.mktemp("cli"), n_per_class=30, box=48, noise_sigma=0.5,
                     seed=2)
+
+
+def test_default_source_classifies_unclassified_particles_with_rir(tmp_path: Path) -> None:
+    """Version 0.2.0: no stored classes -> RIRClass2D neighbour network; its selected
+    classes gather particles of one true class (centred particles: RIR is not shift-invariant)."""
+    from csplugin.averaging import DefaultClassAvgSource, RIRClass2D
+    from csplugin.particles import open_particles
+    from csplugin.synthetic import make_job
+
+    job = make_job(tmp_path, n_per_class=60, box=64, noise_sigma=0.0, max_shift=0.0)  # > n_nbor
+    unclassified = open_particles(job.particles_cs).with_columns(class_index=-1)
+    source = DefaultClassAvgSource(unclassified)
+    assert source.version == "0.2.0"
+    indices = source.class_indices
+    assert isinstance(source.classifier, RIRClass2D)
+    truth = job.classes
+    rows = source.selection_indices[:10]
+    purity = np.mean([np.mean(truth[np.asarray(indices[r])] == truth[r]) for r in rows])
+    assert purity > 0.9, purity
+    assert source.images[:2].shape == (2, job.box, job.box)

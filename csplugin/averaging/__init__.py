@@ -41,6 +41,7 @@ from csplugin.averaging.quality import (BandedSNRImageQualityFunction,
                                         RampWeightedVarianceImageQualityFunction,
                                         VarianceImageQualityFunction,
                                         WeightedImageQualityMixin)
+from csplugin.averaging.rir import RIRClass2D
 from csplugin.averaging.searching import (BFRAverager2D, BFSRAverager2D,
                                           BFSReddyChatterjiAverager2D, ReddyChatterjiAverager2D,
                                           SearchingAverager2D)
@@ -63,7 +64,7 @@ __all__ = [
     # sources
     "ClassAvgSource", "DebugClassAvgSource", "DefaultClassAvgSource", "SavedAverages",
     # classification
-    "ClassTable", "Ragged", "Class2D", "StoredClass2D", "PrecomputedClass2D",
+    "ClassTable", "Ragged", "Class2D", "StoredClass2D", "PrecomputedClass2D", "RIRClass2D",
     # selection
     "ClassSelector", "TopClassSelector", "RandomClassSelector",
     "NeighborVarianceClassSelector", "DistanceClassSelector", "GreedyClassRepulsionMixin",

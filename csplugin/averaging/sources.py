@@ -21,8 +21,11 @@ import numpy as np
 from csplugin.averaging.averagers import Averager2D, StoredAlignmentAverager2D
 from csplugin.averaging.classes import ClassTable, Ragged
 from csplugin.averaging.classifiers import Class2D, StoredClass2D
+from csplugin.averaging.rir import RIRClass2D
+from csplugin.averaging.searching import BFSRAverager2D
 from csplugin.averaging.selectors import (ClassSelector, DistanceClassSelector,
-                                          GlobalClassSelector, TopClassSelector)
+                                          DistanceWithRepulsionClassSelector, GlobalClassSelector,
+                                          TopClassSelector)
 from csplugin.class_averages import output_paths, write_averages
 from csplugin.export import prepare_outdir
 from csplugin.particles import ParticleTable
@@ -256,6 +259,11 @@ class _Configuration:
     averager: Callable[[ParticleTable], Averager2D]
 
 
+def _has_classes(src: ParticleTable) -> bool:
+    """Whether every particle carries a stored 2D class."""
+    return bool((src.particles["class_index"] >= 0).all())
+
+
 class DefaultClassAvgSource(ClassAvgSource):
     """The recommended parts, versioned so that old results can be reproduced.
 
@@ -263,9 +271,16 @@ class DefaultClassAvgSource(ClassAvgSource):
     | version  | classifier           | selector                | averager                   |
     +==========+======================+=========================+============================+
     | 0.1.0    | StoredClass2D with   | DistanceClassSelector:  | StoredAlignmentAverager2D: |
-    | (latest) | leave-one-out member | tightest classes first, | stored θ and s, cubic,     |
+    |          | leave-one-out member | tightest classes first, | stored θ and s, cubic,     |
     |          | distances (two       | ranked without          | mean image stacker         |
     |          | streaming passes)    | averaging               | (streamed)                 |
+    +----------+----------------------+-------------------------+----------------------------+
+    | 0.2.0    | as 0.1.0 when every  | DistanceWithRepulsion-  | as 0.1.0 for stored        |
+    | (latest) | particle has a       | ClassSelector (removes  | classes; for a neighbour   |
+    |          | stored class, else   | nothing from disjoint   | network BFSRAverager2D     |
+    |          | RIRClass2D (a        | stored classes; avoids  | (reference="first": each   |
+    |          | neighbour network)   | overlapping networks)   | member aligned to the      |
+    |          |                      |                         | particle itself)           |
     +----------+----------------------+-------------------------+----------------------------+
 
     Ranking never averages a class: only the classes read through ``images`` (or
@@ -290,8 +305,14 @@ class DefaultClassAvgSource(ClassAvgSource):
         "0.1.0": _Configuration(lambda src: StoredClass2D(src, distances=True),
                                 lambda averager: DistanceClassSelector(),
                                 lambda src: StoredAlignmentAverager2D(src)),
+        "0.2.0": _Configuration(
+            lambda src: StoredClass2D(src, distances=True) if _has_classes(src)
+            else RIRClass2D(src),
+            lambda averager: DistanceWithRepulsionClassSelector(),
+            lambda src: StoredAlignmentAverager2D(src) if _has_classes(src)
+            else BFSRAverager2D(src, reference="first")),
     }
-    LATEST: ClassVar[str] = "0.1.0"
+    LATEST: ClassVar[str] = "0.2.0"
 
     def __init__(self, src: ParticleTable, version: str | None = None,
                  classifier: Class2D | None = None, class_selector: ClassSelector | None = None,
