@@ -89,11 +89,13 @@ def test_default_source_is_a_versioned_class(job) -> None:
     table = csplugin.open_particles(job.particles_cs)
     latest = DefaultClassAvgSource(table)
     assert isinstance(latest, DefaultClassAvgSource) and isinstance(latest, ClassAvgSource)
-    assert latest.version == DefaultClassAvgSource.LATEST == "0.1.0"
-    assert DefaultClassAvgSource(table, version="latest").version == "0.1.0"
-    assert "0.1.0" in DefaultClassAvgSource.__doc__
-    assert isinstance(latest.class_selector, DistanceClassSelector)
-    with pytest.raises(ValueError, match="known: 0.1.0"):
+    assert latest.version == DefaultClassAvgSource.LATEST == "0.2.0"
+    assert DefaultClassAvgSource(table, version="latest").version == "0.2.0"
+    assert "0.1.0" in DefaultClassAvgSource.__doc__ and "0.2.0" in DefaultClassAvgSource.__doc__
+    assert isinstance(latest.class_selector, DistanceClassSelector)  # with repulsion in 0.2.0
+    old = DefaultClassAvgSource(table, version="0.1.0")
+    assert type(old.class_selector) is DistanceClassSelector
+    with pytest.raises(ValueError, match="known: 0.1.0, 0.2.0"):
         DefaultClassAvgSource(table, version="0.14.0")
 
 
