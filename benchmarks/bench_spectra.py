@@ -26,7 +26,7 @@ from bench_export import FLOOR  # noqa: E402
 #: work any averaged power spectrum must do, whatever it does about rotation.
 FFT = ("import scipy.fft, numpy as np; from csplugin.particles import open_particles; "
        "from csplugin.images import iter_chunks; "
-       "[np.square(np.abs(scipy.fft.rfft2(im, workers=-1))) for _, im in "
+       "[np.square(np.abs(scipy.fft.rfft2(im, workers=-1))).sum() for _, im in "
        "iter_chunks(open_particles({path!r}))]")
 from common import HEADER, machine, make_dataset, run_rows  # noqa: E402
 

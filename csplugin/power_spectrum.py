@@ -89,7 +89,7 @@ Quantity = Literal["power", "amplitude"]
 
 _MIN_WEIGHT_FRACTION = 0.05  # below this share of the particles, fall back to the plain average
 _CHUNK_BYTES = 1 << 24  # complex64 FFT output per batch (16 MiB): bounds the transient memory
-_ROTATE_BYTES = 48 << 20  # planes rotated per align_images call (bounds the transient memory)
+_ROTATE_BYTES = 12 << 20  # planes rotated per align_images call (bounds the transient memory)
 
 
 def soft_circular_mask(box: int, radius: float = 0.45, edge: float = 0.05) -> NDArray[np.float32]:
