@@ -12,17 +12,13 @@ deleted and flushed (``sync``), so that no run pays for another's write-back:
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import HEADER, machine, make_dataset, run_rows  # noqa: E402
+from common import side_by_side  # noqa: E402
 
-FLOOR = ("from csplugin.particles import open_particles; from csplugin.images import iter_chunks; "
-         "[None for _ in iter_chunks(open_particles({path!r}))]")
 #: Read every particle and write it out unchanged as one float32 stack: the I/O floor of export.
 COPY = ("from csplugin.particles import open_particles; from csplugin.images import iter_chunks; "
         "from formats.mrc import StackWriter; t = open_particles({path!r}); "
@@ -30,34 +26,22 @@ COPY = ("from csplugin.particles import open_particles; from csplugin.images imp
         "[w.write(im) for _, im in iter_chunks(t)]; w.__exit__(None, None, None)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--n", type=int, default=12_000)
-    parser.add_argument("--boxes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--repeats", type=int, default=1, help="best of this many runs")
-    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "csplugin_bench")
-    args = parser.parse_args()
-    print(f"machine: {machine()}")
-    print(HEADER)
-    for box in args.boxes:
-        cs, star = make_dataset(args.root, args.n, box)
-        out = args.root / f"out_{box}"
-        out.mkdir(exist_ok=True)
-        runs = {"floor (read all stacks)": [sys.executable, "-c", FLOOR.format(path=str(cs))],
-                "floor (read + write, no maths)": [
-                    sys.executable, "-c", COPY.format(path=str(cs), out=str(out / "copy.mrcs"))]}
-        for method in ("cubic", "linear"):
-            runs[f"csplugin export-aligned {method}"] = [
-                sys.executable, "-m", "csplugin", "export-aligned", str(cs), "-o", str(out),
-                "--interpolation", method, "--quiet", "--overwrite"]
-        runs["csplugin export-aligned cubic --float16"] = [
-            *runs["csplugin export-aligned cubic"], "--float16"]
-        if shutil.which("relion_stack_create"):
-            runs["relion_stack_create --one_by_one"] = [
-                "relion_stack_create", "--i", str(star), "--o", str(out / "aligned"),
-                "--apply_transformation", "--one_by_one"]
-        run_rows(box, args.n, runs, cs.parent, [out], args.repeats)
+def runs(cs: Path, star: Path, out: Path) -> dict[str, list[str]]:
+    """The export commands timed beside the read floor."""
+    found = {"floor (read + write, no maths)": [
+        sys.executable, "-c", COPY.format(path=str(cs), out=str(out / "copy.mrcs"))]}
+    for method in ("cubic", "linear"):
+        found[f"csplugin export-aligned {method}"] = [
+            sys.executable, "-m", "csplugin", "export-aligned", str(cs), "-o", str(out),
+            "--interpolation", method, "--quiet", "--overwrite"]
+    found["csplugin export-aligned cubic --float16"] = [
+        *found["csplugin export-aligned cubic"], "--float16"]
+    if shutil.which("relion_stack_create"):
+        found["relion_stack_create --one_by_one"] = [
+            "relion_stack_create", "--i", str(star), "--o", str(out / "aligned"),
+            "--apply_transformation", "--one_by_one"]
+    return found
 
 
 if __name__ == "__main__":
-    main()
+    side_by_side(__doc__, [128, 256], runs)

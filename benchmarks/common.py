@@ -11,6 +11,7 @@ import platform
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,3 +142,34 @@ def run_rows(box: int, n: int, runs: dict[str, list[str]], data_dir: Path, outpu
 
 
 HEADER = f"{'box':>4} {'job':<38} {'wall s':>7} {'cpu s':>7} {'img/s':>8} {'peak MB':>8}"
+
+
+#: Read every particle through csplugin's chunked reader and do nothing else.
+FLOOR = ("from csplugin.particles import open_particles; from csplugin.images import iter_chunks; "
+         "[None for _ in iter_chunks(open_particles({path!r}))]")
+
+
+def side_by_side(description: str, default_boxes: list[int],
+                 runs_for: Callable[[Path, Path, Path], dict[str, list[str]]]) -> None:
+    """The shared driver of the job benchmarks: parse ``--n --boxes --repeats --root``,
+    make the data set per box, and time the read floor plus ``runs_for(cs, star, outdir)``
+    in one table."""
+    import argparse
+    import sys
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--n", type=int, default=12_000)
+    parser.add_argument("--boxes", type=int, nargs="+", default=default_boxes)
+    parser.add_argument("--repeats", type=int, default=1, help="best of this many runs")
+    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "csplugin_bench")
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    print(HEADER)
+    for box in args.boxes:
+        cs, star = make_dataset(args.root, args.n, box)
+        out = args.root / f"out_{box}"
+        out.mkdir(exist_ok=True)
+        runs = {"floor (read all stacks)": [sys.executable, "-c", FLOOR.format(path=str(cs))]}
+        runs.update(runs_for(cs, star, out))
+        run_rows(box, args.n, runs, cs.parent, [out], args.repeats)
