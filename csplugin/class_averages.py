@@ -291,6 +291,7 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
     w = particle_weights(table, weights)
     if ctf != "none":
         check_ctf(table)
+    table.require_alignments()
     stacks = check_stacks(table)
     index = table.particles["class_index"].to_numpy()
     class_index = np.unique(index)

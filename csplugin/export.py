@@ -103,6 +103,7 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
     if particles_per_stack < 1:
         raise InputError(None, "--particles-per-stack must be at least 1", "give a positive number")
     outdir = Path(outdir)
+    table.require_alignments()
     stacks_in = check_stacks(table)
     pixel_size, box = table.pixel_size(), table.box()
     n = len(table)

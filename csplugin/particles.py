@@ -86,6 +86,9 @@ class ParticleTable:
         or the ``data_particles`` table (``.star``).
     optics
         The ``data_optics`` table of a RELION 3.1+ input, else ``None``.
+    aligned
+        Whether the input stores in-plane alignments (``alignments2D/pose`` in a ``.cs``;
+        ``rlnAnglePsi`` or origins in a ``.star``); without them angles and shifts are 0.
     """
 
     particles: pd.DataFrame
@@ -93,6 +96,7 @@ class ParticleTable:
     source: Path
     native: np.ndarray | pd.DataFrame
     optics: pd.DataFrame | None = None
+    aligned: bool = True
 
     def __len__(self) -> int:
         return len(self.particles)
@@ -126,6 +130,13 @@ class ParticleTable:
     def with_columns(self, **columns: object) -> ParticleTable:
         """A copy with normalised columns replaced (e.g. new stacks, zeroed poses)."""
         return replace(self, particles=self.particles.assign(**columns))
+
+    def require_alignments(self) -> None:
+        """Raise :class:`InputError` when the input stores no in-plane alignments."""
+        if not self.aligned:
+            what = "alignments2D fields" if self.kind == "cs" else "rlnAnglePsi or origins"
+            raise InputError(self.source, f"has no {what}, so there is no 2D alignment to apply",
+                             "pass the particles of a 2D classification job")
 
     def select_classes(self, classes: list[int] | None) -> ParticleTable:
         """Keep particles of the given classes, numbered as the input numbers them."""
@@ -244,7 +255,7 @@ def _from_cs(path: Path, passthrough: str | Path | None) -> ParticleTable:
     p["psi_prior"] = (cv.filament_pose_to_psi_prior(data["filament/filament_pose"])
                       if "filament/filament_pose" in fields else np.full(n, np.nan))
     _add_location_from_cs(p, data)
-    return ParticleTable(p, "cs", path, data)
+    return ParticleTable(p, "cs", path, data, aligned="alignments2D/pose" in fields)
 
 
 def _column(data: np.ndarray, field: str, n: int) -> np.ndarray:
@@ -326,7 +337,8 @@ def _from_star(path: Path) -> ParticleTable:
                           ("rlnCoordinateY", "coordinate_y")):
         if label in particles:
             p[column] = particles[label].to_numpy()
-    return ParticleTable(p, "star", path, particles, optics)
+    aligned = bool({"rlnAnglePsi", "rlnOriginX", "rlnOriginXAngst"} & set(particles))
+    return ParticleTable(p, "star", path, particles, optics, aligned)
 
 
 def _label(table: pd.DataFrame, label: str, n: int) -> np.ndarray:

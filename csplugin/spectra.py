@@ -125,6 +125,7 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
         Particles per task with a ``runner``.
     """
     outdir = Path(outdir)
+    table.require_alignments()
     stacks = check_stacks(table)
     pixel_size, box = table.pixel_size(), table.box()
     if options.crop_resolution is not None and options.crop_resolution < 2 * pixel_size:

@@ -172,3 +172,13 @@ def test_star_with_absolute_paths_and_convert_cli(job, tmp_path: Path) -> None:
     np.testing.assert_allclose(table.particles["angle"], job.angles, atol=1e-6)
     info = _run("info", str(tmp_path / "abs.cs"))
     assert "0: 40, 1: 40, 2: 40" in info.stdout
+
+
+def test_particles_without_2d_alignments_are_refused(real: Path, tmp_path: Path) -> None:
+    """A 3D-refinement .cs has no alignments2D: exporting it would silently apply nothing."""
+    done = _run("export-aligned", str(real / "cryodrgn/cryosparc_P12_J24_001_particles.cs"),
+                "-o", str(tmp_path / "o"))
+    _assert_user_error(done, "no alignments2D", tmp_path / "o")
+    for name in ("power-spectrum", "class-averages"):
+        done = _run(name, str(real / "cryodrgn/empiar_10076_7.cs"), "-o", str(tmp_path / name))
+        _assert_user_error(done, "pass the particles of a 2D classification job", tmp_path / name)
