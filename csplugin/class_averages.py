@@ -1,8 +1,8 @@
 """Class averages rebuilt from the stored 2D alignments: ``csplugin class-averages``.
 
 :func:`class_averages` takes a :class:`~csplugin.particles.ParticleTable` (select classes
-beforehand with :func:`select_classes`) and, for each class in ascending class number, aligns
-its particles with :func:`csplugin.transform.align_images` (the aligned image is
+beforehand with :meth:`~csplugin.particles.ParticleTable.select_classes`) and, for each
+class in ascending class number, aligns its particles with :func:`csplugin.transform.align_images` (the aligned image is
 ``A(q) = P(R(-θ) q - s)``, see :mod:`csplugin.conventions`) and stacks them.
 
 Stackers
@@ -203,26 +203,6 @@ class AveragingPlan:
                    tile_bytes, Path(spill_dir or tempfile.gettempdir()), table.pixel_size(), box)
 
 
-def select_classes(table: ParticleTable, classes: list[int] | None) -> ParticleTable:
-    """Keep the given classes (input numbering), refusing numbers no particle has.
-
-    Raises
-    ------
-    InputError
-        A requested class has no particles (the message lists the classes present).
-    """
-    if classes is None:
-        return table
-    present = set(table.class_numbers()[table.particles["class_index"].to_numpy() >= 0].tolist())
-    unknown = sorted(set(classes) - present)
-    if unknown:
-        listing = ",".join(map(str, sorted(present))) or "none"
-        raise InputError(table.source, f"has no particles in class {unknown[0]} (classes "
-                         f"present: {listing})", "check --classes against `csplugin info` "
-                         "(0-based for .cs, 1-based for .star)")
-    return table.select_classes(classes)
-
-
 def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "mean",
                    sigma: float = 3.0, percentile: float = 0.1, weights: str = "none",
                    ctf: str = "none", wiener_snr: float | None = None,
@@ -237,7 +217,7 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
     ----------
     table
         Particles with classes (``class_index >= 0``; others are ignored). Every class
-        present is averaged; select with :func:`select_classes` first.
+        present is averaged; select with :meth:`~csplugin.particles.ParticleTable.select_classes` first.
     outdir
         Output directory (created if needed); outputs listed in the module docstring.
     stacker

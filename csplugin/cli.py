@@ -352,10 +352,10 @@ def class_averages_cmd(
     rlnClassParticleCount) and class_averages.png (montage with class numbers as in IN and
     particle counts).
     """
-    from csplugin.class_averages import class_averages, select_classes
+    from csplugin.class_averages import class_averages
     from csplugin.particles import open_particles
 
-    table = select_classes(open_particles(file, passthrough, project_dir), parse_classes(classes))
+    table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
     if select is not None and (scheduler is not None or workers is not None):
         raise InputError(None, "--select runs in this process", "drop --scheduler/--workers")
     if select is not None:

@@ -137,16 +137,6 @@ def to_base(indices: np.ndarray, base: int) -> np.ndarray:
     return np.asarray(indices, np.int64) + base
 
 
-def radians_to_degrees(values: np.ndarray) -> np.ndarray:
-    """cryoSPARC angles (radians) -> RELION angles (degrees), float64."""
-    return np.rad2deg(np.asarray(values, np.float64))
-
-
-def degrees_to_radians(values: np.ndarray) -> np.ndarray:
-    """RELION angles (degrees) -> cryoSPARC angles (radians), float64."""
-    return np.deg2rad(np.asarray(values, np.float64))
-
-
 def filament_pose_to_psi_prior(filament_pose: np.ndarray) -> np.ndarray:
     """``filament/filament_pose`` (rad) -> ``rlnAnglePsiPrior`` (deg): deg(π/2 − pose).
 

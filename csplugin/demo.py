@@ -7,16 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from csplugin.class_averages import correlation
 from csplugin.export import export_aligned
 from csplugin.particles import open_particles
 from csplugin.spectra import SpectrumOptions, power_spectra
 from csplugin.synthetic import make_job
 from formats.mrc import open_stack
-
-
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
 def run_demo(outdir: str | Path, n_per_class: int = 300, box: int = 128,
@@ -44,7 +40,7 @@ def run_demo(outdir: str | Path, n_per_class: int = 300, box: int = 128,
     for k in range(3):
         mean = stacks[".cs"][aligned.particles["class_index"].to_numpy() == k].mean(axis=0)
         yield (f"  class {k}: mean of {n_per_class} aligned particles vs true class image: "
-               f"correlation {_correlation(mean, truth[k]):.4f}")
+               f"correlation in the disc {correlation(mean, truth[k]):.4f}")
     spectra_dir = outdir / "power_spectra"
     result = power_spectra(open_particles(job.particles_cs), spectra_dir,
                            SpectrumOptions(axis="vertical"), overwrite=True)

@@ -86,7 +86,7 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
     particles_per_stack
         Maximum images per output stack.
     chunk_size
-        Images read, aligned and written at a time (default: about 32 MiB of them).
+        Images read, aligned and written at a time (default: about 16 MiB of them).
     overwrite
         Replace existing ``particles.star``/``particles.cs``/stacks in ``outdir``.
     progress

@@ -139,11 +139,24 @@ class ParticleTable:
                              "pass the particles of a 2D classification job")
 
     def select_classes(self, classes: list[int] | None) -> ParticleTable:
-        """Keep particles of the given classes, numbered as the input numbers them."""
+        """Keep particles of the given classes, numbered as the input numbers them.
+
+        Raises
+        ------
+        InputError
+            A requested class has no particles (the message lists the classes present).
+        """
         if classes is None:
             return self
-        wanted = cv.from_base(np.asarray(classes), self.class_base)
-        return self.take(np.isin(self.particles["class_index"].to_numpy(), wanted))
+        index = self.particles["class_index"].to_numpy()
+        present = set(self.class_numbers()[index >= 0].tolist())
+        unknown = sorted(set(classes) - present)
+        if unknown:
+            listing = ",".join(map(str, sorted(present))) or "none"
+            raise InputError(self.source, f"selects no particles in class {unknown[0]} (classes "
+                             f"present: {listing})", "check --classes against `csplugin info` "
+                             "(0-based for .cs, 1-based for .star)")
+        return self.take(np.isin(index, cv.from_base(np.asarray(classes), self.class_base)))
 
     def class_numbers(self) -> np.ndarray:
         """``(n,)`` class numbers in the input's own numbering (0-based .cs, 1-based .star)."""

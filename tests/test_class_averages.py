@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from csplugin.class_averages import (FALLBACK_SNR, class_averages, correlation, estimate_snr,
-                                     select_classes)
+from csplugin.class_averages import FALLBACK_SNR, class_averages, correlation, estimate_snr
 from csplugin.ctf import WienerAccumulator, ctf_2d
 from csplugin.images import check_stacks, read_chunk
 from csplugin.particles import ParticleTable, open_particles
@@ -71,7 +70,7 @@ def test_mean_equals_the_truth_for_cs_and_star(job, tmp_path: Path, source: str)
 
 def test_subset_slices_ascend_and_metadata_use_each_numbering(job, tmp_path: Path) -> None:
     truth = _truth(job)
-    star_table = select_classes(open_particles(job.particles_star), [3, 1])  # RELION 1-based
+    star_table = open_particles(job.particles_star).select_classes([3, 1])  # RELION 1-based
     result = class_averages(star_table, tmp_path / "star")
     np.testing.assert_array_equal(result.classes, [1, 3])
     written = open_stack(result.mrcs).read(range(2))
@@ -96,7 +95,7 @@ def test_subset_slices_ascend_and_metadata_use_each_numbering(job, tmp_path: Pat
     np.testing.assert_array_equal(cs["blob/shape"], [[job.box, job.box]] * 2)
     np.testing.assert_allclose(cs["blob/psize_A"], job.pixel_size)
 
-    cs_result = class_averages(select_classes(open_particles(job.particles_cs), [2, 0]),
+    cs_result = class_averages(open_particles(job.particles_cs).select_classes([2, 0]),
                                tmp_path / "cs")
     np.testing.assert_array_equal(cs_result.classes, [0, 2])
     np.testing.assert_allclose(cs_result.averages, result.averages, atol=1e-5)
@@ -126,7 +125,7 @@ def test_refuses_existing_outputs_and_bad_input_writes_nothing(job, tmp_path: Pa
         class_averages(table, tmp_path / "a")
     class_averages(table, tmp_path / "a", overwrite=True)
     with pytest.raises(InputError, match="no particles in class 7"):
-        select_classes(table, [0, 7])
+        table.select_classes([0, 7])
     bad = tmp_path / "bad"
     with pytest.raises(InputError, match="mixes pixel sizes"):
         sizes = np.where(np.arange(len(table)) % 2, 1.5, 2.0)
@@ -182,7 +181,7 @@ def test_robust_stackers_equal_mean_without_noise_and_beat_it_on_junk(
 
 
 def test_tiled_spill_equals_the_in_memory_stacker(outlier_job, tmp_path: Path) -> None:
-    table = select_classes(open_particles(outlier_job.particles_star), [2])
+    table = open_particles(outlier_job.particles_star).select_classes([2])
     images = read_chunk(table, np.arange(len(table)), check_stacks(table))
     p = table.particles
     aligned = align_images(images, p["angle"], p[["shift_x", "shift_y"]].to_numpy())

@@ -182,3 +182,11 @@ def test_particles_without_2d_alignments_are_refused(real: Path, tmp_path: Path)
     for name in ("power-spectrum", "class-averages"):
         done = _run(name, str(real / "cryodrgn/empiar_10076_7.cs"), "-o", str(tmp_path / name))
         _assert_user_error(done, "pass the particles of a 2D classification job", tmp_path / name)
+
+
+def test_an_unknown_class_in_the_selection_is_refused_not_dropped(job, tmp_path: Path) -> None:
+    """--classes 0,9 (no class 9): every command refuses rather than exporting class 0 alone."""
+    for name in ("export-aligned", "power-spectrum"):
+        done = _run(name, str(job.particles_cs), "-o", str(tmp_path / name), "--classes", "0,9")
+        _assert_user_error(done, "selects no particles in class 9 (classes present: 0,1,2)",
+                           tmp_path / name)
