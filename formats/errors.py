@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks (e.g. from a quoted library error) folded into spaces."""
+    return _LINE_BREAKS.sub(" ", text).strip()
+
+
+def brief(exc: BaseException, limit: int = 200) -> str:
+    """A quoted library error for a message: type, one line, at most ``limit`` characters."""
+    text = _one_line(f"{type(exc).__name__}: {exc}")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class InputError(Exception):
@@ -23,8 +37,8 @@ class InputError(Exception):
 
     def __init__(self, path: str | Path | None, problem: str, fix: str = "") -> None:
         self.path = None if path is None else Path(path)
-        self.problem = problem
-        self.fix = fix
+        self.problem = problem = _one_line(problem)
+        self.fix = fix = _one_line(fix)
         where = f"{self.path}: " if self.path is not None else ""
         tail = f" ({fix})" if fix else ""
         super().__init__(f"{where}{problem}{tail}")

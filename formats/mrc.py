@@ -14,11 +14,11 @@ read-only memory map of the data for interactive use.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import mrcfile
 import numpy as np
@@ -53,11 +53,12 @@ class Stack:
     box
         Image size ``(ny, nx)`` in pixels.
     dtype
-        Pixel dtype on disk.
+        Pixel dtype on disk, with its byte order (``>`` for a big-endian stack).
     offset
         Byte offset of the first image (1024 + extended header).
     voxel_size
-        Pixel size in Å from the header (0 when the header does not set it).
+        Pixel size in Å from the header, unchecked: 0 when the header does not set it, and
+        NaN or negative if the header says so; callers decide what they accept.
     """
 
     path: Path
@@ -86,7 +87,8 @@ class Stack:
         Returns
         -------
         np.ndarray
-            ``(k, ny, nx)`` float32 images in the order of ``indices``.
+            ``(k, ny, nx)`` native float32 images in the order of ``indices`` (whatever the
+            file's byte order).
         """
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n):
@@ -123,48 +125,139 @@ class Stack:
                          shape=(self.n, *self.box))
 
 
+#: Every mode the MRC2014 standard defines (used to tell the byte order when the stamp lies).
+_KNOWN_MODES = frozenset({0, 1, 2, 3, 4, 6, 12, 101})
+#: Machine stamp byte 0 -> byte order (0x44 0x44 / 0x44 0x41 little, 0x11 0x11 big).
+_STAMPS = {0x44: "<", 0x11: ">"}
+#: First bytes of compressed files -> (name, tool that decompresses, its usual suffix).
+_COMPRESSED = ((b"\x1f\x8b", ("gzip", "gunzip", ".gz")),
+               (b"BZh", ("bzip2", "bunzip2", ".bz2")),
+               (b"\xfd7zXZ\x00", ("xz", "unxz", ".xz")),
+               (b"\x28\xb5\x2f\xfd", ("zstd", "unzstd", ".zst")))
+_HEADER_BYTES = 1024
+
+
+def _compressed(path: Path, head: bytes) -> InputError | None:
+    """An error for a compressed stack (by its first bytes), else ``None``."""
+    for magic, (kind, tool, suffix) in _COMPRESSED:
+        if head.startswith(magic):
+            name = path.name
+            if name.endswith(suffix):
+                fix = (f"decompress it ({tool} {name}) and point the metadata at "
+                       f"{name[:-len(suffix)]}")
+            else:
+                fix = (f"decompress it under the same name: "
+                       f"mv {name} {name}{suffix} && {tool} {name}{suffix}")
+            return InputError(path, f"is a {kind}-compressed file, not an uncompressed MRC stack",
+                              fix)
+    return None
+
+
+def _header_fields(head: bytes, order: str) -> dict[str, float | int]:
+    """The header fields this module uses, read in byte order ``order``."""
+    header = np.frombuffer(head, dtype=HEADER_DTYPE.newbyteorder(order), count=1)[0]
+    ints = {name: int(header[name]) for name in ("nx", "ny", "nz", "mode", "mx", "nsymbt")}
+    return {**ints, "cella_x": float(header["cella"]["x"])}
+
+
+def _plausible(fields: dict[str, float | int], size: int) -> tuple[bool, bool]:
+    """(mode and sizes are possible, the file size matches exactly) for one byte order."""
+    nx, ny, nz, mode, nsymbt = (int(fields[k]) for k in ("nx", "ny", "nz", "mode", "nsymbt"))
+    possible = mode in _KNOWN_MODES and min(nx, ny, nz) >= 1 and nsymbt >= 0
+    exact = possible and mode in MODES and \
+        _HEADER_BYTES + nsymbt + nx * ny * nz * MODES[mode].itemsize == size
+    return possible, exact
+
+
+def _byte_order(head: bytes, size: int) -> tuple[str, dict[str, float | int]]:
+    """The header's byte order and fields.
+
+    The machine stamp (byte 212) gives the first guess; a zero or unknown stamp means
+    little-endian, as in mrcfile. Some files in the wild carry a wrong stamp, so if the
+    other byte order is the only one that gives a possible mode and sizes (or the only one
+    that accounts for the file's size exactly) it is used instead.
+    """
+    first = _STAMPS.get(head[212], "<")
+    other = ">" if first == "<" else "<"
+    guess, alternative = _header_fields(head, first), _header_fields(head, other)
+    possible, exact = _plausible(guess, size)
+    alt_possible, alt_exact = _plausible(alternative, size)
+    if (not possible and alt_possible) or (not exact and alt_exact):
+        return other, alternative
+    return first, guess
+
+
 def open_stack(path: str | Path) -> Stack:
     """Read and validate an MRC stack's header.
 
-    A single 2D image (nz = 1) is a stack of one. The file size must hold every image
-    the header announces.
+    A single 2D image (nz = 1) is a stack of one. The byte order comes from the machine
+    stamp (little-endian when the stamp is zero); big-endian stacks are read correctly.
+    The file size must equal exactly what the header announces (1024 + extended header +
+    ``nx * ny * nz`` pixels of the mode's size), as ``mrcfile.validate`` requires: a file
+    with less data is truncated, one with more is described wrongly by its header (e.g.
+    float32 data under a mode-1 header), and reading either would give wrong images.
+    ``voxel_size`` is the header's value as it is (0 when unset, possibly NaN or negative
+    in a damaged header); callers decide whether they can use it.
 
     Raises
     ------
     InputError
-        Missing, truncated or unsupported file.
+        Missing, compressed, truncated, oversized or unsupported file.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "particle stack not found",
-                         "check --project-dir or the paths in the metadata")
-    try:  # permissive: old RELION/SPIDER stacks lack the 'MAP ' id; we check what matters
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mrc = mrcfile.open(path, header_only=True, permissive=True)
-        with mrc:
-            header = mrc.header
-            mode = int(header.mode)
-            nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
-            nsymbt = int(header.nsymbt)
-            offset = 1024 + nsymbt
-            voxel = float(mrc.voxel_size.x)
-    except (ValueError, OSError) as exc:
-        raise InputError(path, f"is not a readable MRC file ({exc})",
-                         "check that it is an MRC particle stack") from None
+                         "check the project directory or the paths in the metadata")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER_BYTES)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})",
+                         "check the file's permissions") from None
+    compressed = _compressed(path, head)
+    if compressed is not None:
+        raise compressed
+    if len(head) < _HEADER_BYTES:
+        raise InputError(path, f"is truncated: it has {size} bytes, less than the "
+                         f"{_HEADER_BYTES}-byte MRC header",
+                         "check that it is an MRC particle stack, or copy it again")
+    order, fields = _byte_order(head, size)
+    nx, ny, nz, mode, mx, nsymbt = (int(fields[k])
+                                    for k in ("nx", "ny", "nz", "mode", "mx", "nsymbt"))
     if min(nx, ny, nz) < 1 or nsymbt < 0:
-        raise InputError(path, "has an MRC header with impossible sizes",
+        raise InputError(path, f"has an MRC header with impossible sizes "
+                         f"({nx}x{ny}x{nz}, extended header {nsymbt} bytes)",
                          "check that it is an MRC particle stack")
     if mode not in MODES:
         raise InputError(path, f"has MRC mode {mode}, not a real-valued particle stack",
                          "convert it to float32 (mode 2)")
-    stack = Stack(path, nz, (ny, nx), MODES[mode], offset, voxel)
-    expected = offset + nz * stack.image_bytes
-    actual = path.stat().st_size
-    if actual < expected:
-        raise InputError(path, f"is truncated: the header announces {nz} images "
-                         f"({expected} bytes) but the file has {actual} bytes",
+    with np.errstate(all="ignore"):
+        voxel = float(np.float32(fields["cella_x"]) / np.float32(mx)) if mx != 0 else 0.0
+    dtype = MODES[mode].newbyteorder(order)
+    offset = _HEADER_BYTES + nsymbt
+    stack = Stack(path, nz, (ny, nx), dtype, offset, voxel)
+    announced = nz * stack.image_bytes
+    data = size - offset
+    described = f"mode {mode}, {nx}x{ny}x{nz}"
+    if data < 0:
+        raise InputError(path, f"is truncated: it has {size} bytes but its header announces "
+                         f"a {offset}-byte header with extended header before the data "
+                         f"({described})", "copy the stack again")
+    if data < announced:
+        raise InputError(path, f"is truncated: holds {data} bytes of data but its header "
+                         f"announces {announced} ({described}; {nz} images)",
                          "copy the stack again")
+    if data > announced:
+        hint = ""
+        for other_mode, other in MODES.items():
+            if other_mode != mode and data == nx * ny * nz * other.itemsize:
+                hint = f"; the size fits mode {other_mode} ({other.name}) data"
+                break
+        raise InputError(path, f"holds {data} bytes of data but its header announces "
+                         f"{announced} ({described}){hint}",
+                         "the header does not describe the data; rewrite the stack with "
+                         "a correct header")
     return stack
 
 
@@ -199,7 +292,7 @@ class StackWriter:
         self._written = 0
         self._stats = np.zeros(4)  # min, max, sum, sum of squares
 
-    def __enter__(self) -> StackWriter:
+    def __enter__(self) -> Self:
         self._atomic = atomic_output(self.path)
         self._tmp = self._atomic.__enter__()
         with mrcfile.new_mmap(self._tmp, shape=(self.n, self.box, self.box),

@@ -23,7 +23,7 @@ import pandas as pd
 import starfile
 
 from formats.atomic import atomic_output
-from formats.errors import InputError
+from formats.errors import InputError, brief
 
 #: Written before every data block; RELION 3.1+ needs it to skip its 3.0 -> 3.1 conversion.
 VERSION_LINE = "# version 30001"
@@ -42,8 +42,8 @@ def read_star(path: str | Path) -> dict[str, pd.DataFrame]:
         raise InputError(path, "file not found", "check the path")
     try:
         blocks = starfile.read(path, always_dict=True)
-    except Exception as exc:  # starfile/pandas raise many types on malformed text
-        raise InputError(path, f"is not a readable STAR file ({exc})",
+    except Exception as exc:  # noqa: BLE001 -- starfile/pandas raise many types on malformed text
+        raise InputError(path, f"is not a readable STAR file ({brief(exc)})",
                          "check that it is a RELION particles .star file") from None
     tables = {name: block for name, block in blocks.items() if isinstance(block, pd.DataFrame)}
     if not tables:
