@@ -90,7 +90,7 @@ def make_set(root: Path, n: int, box: int, n_classes: int, snr: float, shift_std
 
 
 def disc_corr(a: np.ndarray, b: np.ndarray) -> float:
-    from csplugin.class_averages import correlation
+    from csplugin.jobs.class_averages import correlation
 
     return correlation(a, b)
 
@@ -107,10 +107,15 @@ def main() -> None:
     args = parser.parse_args()
 
     import csplugin
-    from csplugin.averaging import (BFRAverager2D, BFSRAverager2D, BFSReddyChatterjiAverager2D,
-                                    DebugClassAvgSource, DefaultClassAvgSource,
-                                    ReddyChatterjiAverager2D)
-    from csplugin.transform import align_images
+    from csplugin.averaging import (
+        BFRAverager2D,
+        BFSRAverager2D,
+        BFSReddyChatterjiAverager2D,
+        DebugClassAvgSource,
+        DefaultClassAvgSource,
+        ReddyChatterjiAverager2D,
+    )
+    from csplugin.engines.transform import align_images
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_averaging_"))
     print(machine())

@@ -43,8 +43,8 @@ def make_dataset(root: Path, n: int, box: int) -> Path:
     """Write ``n`` particles (a multiple of 300) under ``root``; return the .star."""
     import pandas as pd
 
-    from csplugin.images import check_stacks, read_chunk
-    from csplugin.particles import open_particles
+    from csplugin.core.images import check_stacks, read_chunk
+    from csplugin.core.particles import open_particles
     from csplugin.synthetic import make_job
     from formats.mrc import write_stack
     from formats.star import join_image_names, read_star, write_star
@@ -70,8 +70,8 @@ def make_dataset(root: Path, n: int, box: int) -> Path:
 
 
 def worker_csplugin(star: Path, out: Path, stacker: str, interpolation: str) -> dict:
-    from csplugin.class_averages import class_averages
-    from csplugin.particles import open_particles
+    from csplugin.core.particles import open_particles
+    from csplugin.jobs.class_averages import class_averages
 
     start = time.perf_counter()
     table = open_particles(star, project_dir=star.parent)
@@ -109,7 +109,7 @@ def spawn(*args: str) -> dict:
 
 
 def relion_agreement(relion_out: Path, linear_out: Path) -> float:
-    from csplugin.class_averages import correlation
+    from csplugin.jobs.class_averages import correlation
     from formats.mrc import open_stack
 
     ours = open_stack(linear_out / "class_averages.mrcs").read(range(3))

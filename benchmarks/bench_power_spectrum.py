@@ -1,4 +1,4 @@
-"""Throughput of :class:`csplugin.power_spectrum.PowerSpectrumAccumulator` (images/s), not a test.
+"""Throughput of :class:`csplugin.engines.power_spectrum.PowerSpectrumAccumulator` (images/s), not a test.
 
 Run: ``python benchmarks/bench_power_spectrum.py [--count 4000] [--box 256] [--relion]``.
 ``--relion`` also times ``relion_image_handler --avg_ampl2_ali`` (single-threaded) on the
@@ -18,7 +18,7 @@ import mrcfile
 import numba
 import numpy as np
 
-from csplugin.power_spectrum import PowerSpectrumAccumulator
+from csplugin.engines.power_spectrum import PowerSpectrumAccumulator
 
 BATCH = 500  # images per add() call, as a reader would deliver them
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: Read every particle and take the batched float32 FFTs (pad 1) and |F|², nothing else: the
 #: work any averaged power spectrum must do, whatever it does about rotation.
-FFT = ("import scipy.fft, numpy as np; from csplugin.particles import open_particles; "
-       "from csplugin.images import iter_chunks; "
+FFT = ("import scipy.fft, numpy as np; from csplugin.core.particles import open_particles; "
+       "from csplugin.core.images import iter_chunks; "
        "[np.square(np.abs(scipy.fft.rfft2(im, workers=-1))).sum() for _, im in "
        "iter_chunks(open_particles({path!r}))]")
 from common import side_by_side  # noqa: E402

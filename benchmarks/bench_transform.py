@@ -1,4 +1,4 @@
-"""Throughput of :func:`csplugin.transform.align_images` (images/s), not a test.
+"""Throughput of :func:`csplugin.engines.transform.align_images` (images/s), not a test.
 
 Run: ``python benchmarks/bench_transform.py [--count 2000]``.
 Set ``NUMBA_NUM_THREADS`` to change the thread count.
@@ -12,7 +12,7 @@ import time
 import numba
 import numpy as np
 
-from csplugin.transform import INTERPOLATIONS, align_images
+from csplugin.engines.transform import INTERPOLATIONS, align_images
 
 
 def throughput(box: int, count: int, interpolation: str, repeats: int = 3) -> float:

@@ -145,7 +145,7 @@ HEADER = f"{'box':>4} {'job':<38} {'wall s':>7} {'cpu s':>7} {'img/s':>8} {'peak
 
 
 #: Read every particle through csplugin's chunked reader and do nothing else.
-FLOOR = ("from csplugin.particles import open_particles; from csplugin.images import iter_chunks; "
+FLOOR = ("from csplugin.core.particles import open_particles; from csplugin.core.images import iter_chunks; "
          "[None for _ in iter_chunks(open_particles({path!r}))]")
 
 

@@ -1,3 +1,3 @@
-from csplugin.cli import main
+from csplugin.app.cli import main
 
 main()

@@ -1,4 +1,6 @@
-"""Shared fixtures: real files in fixtures/real and a synthetic job with known answers."""
+"""Shared fixtures (real files in fixtures/real, a synthetic job with known answers) and the
+two markers: ``relion`` (skipped, with the reason, where RELION's binaries are absent) and
+``slow`` (run with ``-m slow``; the default run of the whole suite includes them)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,25 @@ from csplugin.synthetic import SyntheticJob, make_job
 
 REAL = Path(__file__).resolve().parent.parent / "fixtures" / "real"
 
+#: The RELION programs the oracle tests call; all come with Debian's ``relion`` package.
+RELION_PROGRAMS = ("relion_stack_create", "relion_image_handler", "relion_star_handler")
+
+
+def relion_available() -> bool:
+    """Whether RELION 3.1+ is on PATH (``apt-get install relion``; ``.ci/run`` installs it)."""
+    return all(shutil.which(program) for program in RELION_PROGRAMS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The one way to skip without RELION: tests marked ``relion``."""
+    if relion_available():
+        return
+    skip = pytest.mark.skip(reason="RELION not installed (apt-get install relion); "
+                                   ".ci/run installs it")
+    for item in items:
+        if "relion" in item.keywords:
+            item.add_marker(skip)
+
 
 @pytest.fixture(scope="session")
 def real() -> Path:
@@ -22,13 +43,3 @@ def real() -> Path:
 def job(tmp_path_factory: pytest.TempPathFactory) -> SyntheticJob:
     """A noise-free synthetic 2D job: 3 classes x 40 particles, box 64, 2 stacks."""
     return make_job(tmp_path_factory.mktemp("job"), n_per_class=40, box=64, noise_sigma=0.0)
-
-
-def relion_available() -> bool:
-    return shutil.which("relion_stack_create") is not None
-
-
-requires_relion = pytest.mark.skipif(
-    not relion_available(),
-    reason="RELION not installed (apt-get install relion); .ci/run installs it",
-)

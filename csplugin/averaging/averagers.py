@@ -1,13 +1,13 @@
 """Averagers: ``averager.average(class_indices, class_refl, keys) -> (k, L, L)`` class averages.
 
 Every averager is ``Averager(src, image_stacker=None, **options)`` and averages in pixel
-space through the class-averages job's engine (:func:`csplugin.class_averages.average_class`):
+space through the class-averages job's engine (:func:`csplugin.jobs.class_averages.average_class`):
 members are read in chunks, mirrored if flagged, aligned in one resampling step
-``A(q) = P(R(-θ) q - s)`` (:mod:`csplugin.conventions`), optionally CTF-corrected, and
-stacked **per pixel** by ``image_stacker`` (any :class:`~csplugin.stackers.ImageStacker`;
-default :class:`~csplugin.stackers.MeanImageStacker`, streamed). Memory per class: two
+``A(q) = P(R(-θ) q - s)`` (:mod:`csplugin.core.conventions`), optionally CTF-corrected, and
+stacked **per pixel** by ``image_stacker`` (any :class:`~csplugin.engines.stackers.ImageStacker`;
+default :class:`~csplugin.engines.stackers.MeanImageStacker`, streamed). Memory per class: two
 particle chunks, plus one pixel tile for order-statistic stackers (the aligned class is
-spilled once to a temporary file in ``spill_dir``, see :mod:`csplugin.class_averages`).
+spilled once to a temporary file in ``spill_dir``, see :mod:`csplugin.jobs.class_averages`).
 
 Options (keyword, all averagers)
 --------------------------------
@@ -19,14 +19,14 @@ Options (keyword, all averagers)
 ``interpolation``
     ``"cubic"`` (default) or ``"linear"``.
 ``chunk_size``, ``tile_bytes``, ``spill_dir``
-    Streaming parameters (see :class:`~csplugin.class_averages.AveragingPlan`).
+    Streaming parameters (see :class:`~csplugin.jobs.class_averages.AveragingPlan`).
 
 :class:`AligningAverager2D` splits averaging into :meth:`~AligningAverager2D.align` (find
 ``(θ, s)`` per member) and stacking with those alignments, and keeps the results per class
 key in :attr:`~AligningAverager2D.rotations` (θ, rad), :attr:`~AligningAverager2D.shifts`
 (s, px) and :attr:`~AligningAverager2D.dot_products`. :class:`StoredAlignmentAverager2D`
 uses the file's alignments (no search; the default). The searching averagers live in
-:mod:`csplugin.averaging.searching`.
+:mod:`csplugin.averaging.search_averagers`.
 """
 
 from __future__ import annotations
@@ -40,11 +40,16 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from csplugin.averaging.classes import Ragged
-from csplugin.class_averages import (CTF_MODES, AveragingPlan, average_class, check_ctf,
-                                     particle_weights)
-from csplugin.particles import ParticleTable
-from csplugin.stackers import ImageStacker, MeanImageStacker
-from csplugin.transform import INTERPOLATIONS
+from csplugin.core.particles import ParticleTable
+from csplugin.engines.stackers import ImageStacker, MeanImageStacker
+from csplugin.engines.transform import INTERPOLATIONS
+from csplugin.jobs.class_averages import (
+    CTF_MODES,
+    AveragingPlan,
+    average_class,
+    check_ctf,
+    particle_weights,
+)
 
 __all__ = ["Averager2D", "AligningAverager2D", "StoredAlignmentAverager2D", "Rows"]
 
@@ -69,7 +74,7 @@ class Averager2D(ABC):
     src
         The particles (single pixel and box size).
     image_stacker
-        Per-pixel stacker; None = :class:`~csplugin.stackers.MeanImageStacker`.
+        Per-pixel stacker; None = :class:`~csplugin.engines.stackers.MeanImageStacker`.
     weights, ctf, wiener_snr, interpolation, chunk_size, tile_bytes, spill_dir
         See the module docstring.
     progress
@@ -159,7 +164,7 @@ class AligningAverager2D(Averager2D):
     rotations, shifts, dot_products
         Key -> ``(m,)`` θ (radians), ``(m, 2)`` s (pixels) and correlation with the
         reference (NaN where no reference is used), for the members of that class in
-        order: the aligned member is ``A(q) = P_M(R(-θ) q - s)`` (:mod:`csplugin.conventions`).
+        order: the aligned member is ``A(q) = P_M(R(-θ) q - s)`` (:mod:`csplugin.core.conventions`).
     members, mirrors
         Key -> ``(m,)`` member rows of ``src`` and their mirror flags.
     """

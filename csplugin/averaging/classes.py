@@ -144,7 +144,7 @@ class ClassTable:
     indices
         int64 member particles (0-based positions in the particle source).
     refl
-        bool per member: the member is mirrored (:func:`csplugin.conventions.mirror_y`)
+        bool per member: the member is mirrored (:func:`csplugin.core.conventions.mirror_y`)
         before it is aligned.
     distances
         float64 per member, ascending within a class (NaN: not computed).

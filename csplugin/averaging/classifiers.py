@@ -15,9 +15,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from csplugin.averaging.classes import ClassTable, Ragged
-from csplugin.images import iter_chunks
-from csplugin.particles import ParticleTable
-from csplugin.transform import align_images
+from csplugin.core.images import iter_chunks
+from csplugin.core.particles import ParticleTable
+from csplugin.engines.transform import align_images
 from formats import InputError
 
 __all__ = ["Class2D", "StoredClass2D", "PrecomputedClass2D", "disc_mask"]
@@ -30,7 +30,7 @@ def disc_mask(box: int) -> np.ndarray:
 
 
 class Class2D(ABC):
-    """A classifier of the particles of ``src`` (a :class:`~csplugin.particles.ParticleTable`).
+    """A classifier of the particles of ``src`` (a :class:`~csplugin.core.particles.ParticleTable`).
 
     Subclasses implement :meth:`classify`.
     """
@@ -75,7 +75,7 @@ class StoredClass2D(Class2D):
     interpolation
         Resampling used to align particles for the distances.
     chunk_size
-        Particles read at a time (default :func:`csplugin.images.chunk_size_for`).
+        Particles read at a time (default :func:`csplugin.core.images.chunk_size_for`).
     """
 
     def __init__(self, src: ParticleTable, *, distances: bool = True,

@@ -30,8 +30,11 @@ import numpy as np
 
 from csplugin.averaging.averagers import Averager2D
 from csplugin.averaging.classes import ClassTable
-from csplugin.averaging.quality import (BandedSNRImageQualityFunction, ImageQualityFunction,
-                                        VarianceImageQualityFunction)
+from csplugin.averaging.quality import (
+    BandedSNRImageQualityFunction,
+    ImageQualityFunction,
+    VarianceImageQualityFunction,
+)
 
 __all__ = [
     "ClassSelector", "TopClassSelector", "RandomClassSelector",

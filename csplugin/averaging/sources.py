@@ -21,14 +21,18 @@ import numpy as np
 from csplugin.averaging.averagers import Averager2D, StoredAlignmentAverager2D
 from csplugin.averaging.classes import ClassTable, Ragged
 from csplugin.averaging.classifiers import Class2D, StoredClass2D
-from csplugin.averaging.rir import RIRClass2D
-from csplugin.averaging.searching import BFSRAverager2D
-from csplugin.averaging.selectors import (ClassSelector, DistanceClassSelector,
-                                          DistanceWithRepulsionClassSelector, GlobalClassSelector,
-                                          TopClassSelector)
-from csplugin.class_averages import output_paths, write_averages
-from csplugin.export import prepare_outdir
-from csplugin.particles import ParticleTable
+from csplugin.averaging.rir.classifier import RIRClass2D
+from csplugin.averaging.search_averagers import BFSRAverager2D
+from csplugin.averaging.selectors import (
+    ClassSelector,
+    DistanceClassSelector,
+    DistanceWithRepulsionClassSelector,
+    GlobalClassSelector,
+    TopClassSelector,
+)
+from csplugin.core.particles import ParticleTable
+from csplugin.jobs.class_averages import output_paths, write_averages
+from csplugin.jobs.export_aligned import prepare_outdir
 
 __all__ = ["ClassAvgSource", "DebugClassAvgSource", "DefaultClassAvgSource", "SavedAverages"]
 
@@ -213,7 +217,7 @@ class ClassAvgSource:
              overwrite: bool = False, montage_limit: int = 64) -> SavedAverages:
         """Write the first ``n`` (default all) selected averages to ``outdir``.
 
-        Files as :func:`csplugin.class_averages.class_averages` writes them
+        Files as :func:`csplugin.jobs.class_averages.class_averages` writes them
         (``class_averages.mrcs``, ``.cs``, ``.star``, ``.png``), in selection order, with
         the selector's score added (``.star``: ``rlnClassSelectionScore``; ``.cs``:
         ``selection/score`` and ``selection/rank``, 0 = best). The montage shows the first

@@ -1,0 +1,486 @@
+"""The ``csplugin`` command line: thin Typer wrappers over the Python API."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from formats import InputError
+
+app = typer.Typer(
+    name="csplugin",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    help=(
+        "Apply the stored 2D alignments of cryoSPARC (.cs) or RELION (.star) particles: "
+        "aligned stacks, class averages, averaged power spectra.\n\n"
+        "Numbering follows each input's own convention: classes and image indices are "
+        "0-based in cryoSPARC .cs files (alignments2D/class, blob/idx) and 1-based in RELION "
+        ".star files (rlnClassNumber, N@stack)."
+    ),
+)
+err = Console(stderr=True)
+out = Console(soft_wrap=True)
+
+Input = Annotated[Path, typer.Argument(
+    help="Particles: a cryoSPARC .cs (its J##_passthrough_particles.cs beside it is merged by "
+         "uid) or a RELION .star (3.0, 3.1 or 5).", show_default=False)]
+Passthrough = Annotated[Optional[Path], typer.Option(
+    help="cryoSPARC passthrough .cs to merge by uid (default: J##_passthrough_particles.cs "
+         "beside IN).")]
+ProjectDir = Annotated[Optional[Path], typer.Option(
+    help="Directory that relative stack paths start from (default: for .cs the cryoSPARC "
+         "project directory, i.e. the parent of the job directory; for .star the current "
+         "directory, as RELION; each falls back to the file's own directory).")]
+Classes = Annotated[Optional[str], typer.Option(
+    help="Classes to use, in the input's numbering (0-based for .cs, 1-based for .star), "
+         "e.g. '0,3,5-7'. Default: all.")]
+
+
+def parse_classes(text: str | None) -> list[int] | None:
+    """Parse ``"1,3,5-7"`` into ``[1, 3, 5, 6, 7]`` (``None`` stays ``None``)."""
+    if text is None:
+        return None
+    numbers: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            numbers += range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise InputError(None, f"--classes {text!r} is not a list like '0,3,5-7'",
+                         "give class numbers separated by commas, ranges with '-'") from None
+    return numbers
+
+
+@app.command()
+def info(
+    file: Input,
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Summarise a particle file: particles, classes and counts, pixel and box sizes, optics
+    groups, which stacks exist and which are missing, and which field groups are present."""
+    from csplugin.core.particles import open_particles
+    from csplugin.jobs.info import describe
+
+    summary = describe(open_particles(file, passthrough, project_dir))
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(f"[bold]{summary['file']}[/] ({summary['format']})")
+    out.print(f"particles      {summary['particles']}")
+    classes = summary["classes"]
+    listing = ", ".join(f"{k}: {c}" for k, c in classes.items()) if classes else "none"
+    out.print(f"classes        {len(classes)} ({summary['class_numbering']}): {listing}")
+    out.print(f"pixel size     {', '.join(f'{x:g}' for x in summary['pixel_sizes'])} Å")
+    out.print(f"box            {', '.join(map(str, summary['boxes']))} px")
+    groups = ", ".join(f"{g}: {c}" for g, c in summary["optics_groups"].items())
+    out.print(f"optics groups  {groups}")
+    missing = summary["missing_stacks"]
+    out.print(f"stacks         {summary['stacks']} referenced, {len(missing)} missing")
+    for path in missing[:20]:
+        out.print(f"  missing: {path}")
+    if len(missing) > 20:
+        out.print(f"  ... and {len(missing) - 20} more")
+    out.print(f"field groups   {', '.join(summary['field_groups'])}")
+    flags = [name for name in ("alignments", "ctf", "helical") if summary[f"has_{name}"]]
+    out.print(f"present        {', '.join(flags) or '-'}")
+
+
+@app.command()
+def convert(
+    file: Input,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output .star or .cs.")],
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Convert .cs (+passthrough) to RELION 3.1 .star, or .star to .cs, keeping alignments
+    (psi = degrees(pose), origins = shift), classes (+1 / -1), CTF and helical fields.
+    Stack paths are copied as written (a leading '>' is removed)."""
+    from csplugin.core.particles import open_particles, save_particles
+
+    _refuse_existing(output, overwrite)
+    save_particles(open_particles(file, passthrough, project_dir), output)
+    err.print(f"wrote {output}")
+
+
+Interpolation = Annotated[str, typer.Option(
+    help="'cubic': B-spline with exact prefilter (default; keeps high frequencies); "
+         "'linear': bilinear, identical to relion_stack_create --apply_transformation.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace existing outputs in OUTDIR.")]
+Scheduler = Annotated[Optional[str], typer.Option(
+    help="Run the tasks (one per output stack, class or block of psi bins) on this Dask "
+         "scheduler, e.g. tcp://node12:8786 from dask-jobqueue on SLURM; workers must see the "
+         "same paths. Needs csplugin[dask].")]
+Workers = Annotated[Optional[int], typer.Option(
+    help="Run the tasks on a local Dask cluster of N processes (needs csplugin[dask]). "
+         "Default: the plain local run.")]
+
+
+@app.command("export-aligned")
+def export_aligned_cmd(
+    file: Input,
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    classes: Classes = None,
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    interpolation: Interpolation = "cubic",
+    float16: Annotated[bool, typer.Option("--float16", help="Write float16 (mode 12) stacks.")] = False,
+    particles_per_stack: Annotated[int, typer.Option(help="Images per output stack.")] = 10_000,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Write the particles with their stored in-plane rotation and shift applied, in one
+    resampling step: the aligned image is A(q) = P(R(-θ)q - s), i.e. RELION's
+    relion_stack_create --apply_transformation with psi = θ and origin = s.
+
+    Outputs in OUTDIR: particles_aligned_NNNN.mrcs (voxel size = particle pixel size),
+    particles.star (RELION 3.1) and particles.cs (cryoSPARC) with psi/origins and
+    alignments2D/pose/shift set to 0 and every other field kept.
+
+    Path rule: particles.star names the stacks relative to the current directory (run
+    RELION from here) when OUTDIR is below it, else by absolute path; particles.cs names
+    them relative to OUTDIR (give OUTDIR as cryoSPARC Import Particles' particle data path).
+    """
+    from csplugin.app.dask import connect
+    from csplugin.core.particles import open_particles
+    from csplugin.jobs.export_aligned import export_aligned
+
+    table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
+    with connect(scheduler, workers) as runner, _progress(quiet, "aligning", len(table)) as advance:
+        result = export_aligned(table, outdir, interpolation=interpolation, float16=float16,
+                                particles_per_stack=particles_per_stack, overwrite=overwrite,
+                                progress=advance, runner=runner)
+    err.print(f"wrote {result.particles} aligned particles in {len(result.stacks)} stack(s), "
+              f"{result.star} and {result.cs}")
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (on stderr) advanced by the yielded callback."""
+    if quiet:
+        yield lambda _: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("particles"), TimeElapsedColumn(), TimeRemainingColumn())
+    bar = Progress(*columns, console=err)
+    task = bar.add_task(what, total=total)
+
+    def advance(k: int) -> None:  # the bar appears with the first finished chunk
+        if not bar.live.is_started:
+            bar.start()
+        bar.advance(task, k)
+
+    try:
+        yield advance
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+
+
+@app.command()
+def demo(
+    outdir: Annotated[Path, typer.Argument(help="Where to write the demo job and results.")] = Path("csplugin_demo"),
+    n_per_class: Annotated[int, typer.Option(help="Particles per class (3 classes).")] = 300,
+    box: Annotated[int, typer.Option(help="Box size in pixels.")] = 128,
+    quiet: Quiet = False,
+) -> None:
+    """Make a small synthetic 2D-classification job with known alignments (cryoSPARC
+    project + RELION .star) and run csplugin's jobs on it, checking the results against
+    the truth."""
+    from csplugin.jobs.demo import run_demo
+
+    for line in run_demo(outdir, n_per_class=n_per_class, box=box, quiet=quiet):
+        out.print(line)
+
+
+@app.command("power-spectrum")
+def power_spectrum_cmd(
+    file: Input,
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    classes: Classes = None,
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    pad: Annotated[int, typer.Option(help="FFT padding factor (1 or 2; 2 samples the "
+                                          "spectrum finely enough to rotate it well).")] = 2,
+    mask: Annotated[bool, typer.Option(help="Soft circular mask (radius 0.45 N, cosine edge "
+                                            "0.05 N) against box-edge streaks.")] = True,
+    normalize: Annotated[bool, typer.Option(help="Scale each image to mean 0, sigma 1 "
+                                                 "before the FFT.")] = True,
+    power: Annotated[bool, typer.Option("--power/--amplitude", help="Average |F|² (power) "
+                                        "or |F| (amplitude).")] = True,
+    log: Annotated[bool, typer.Option("--log/--linear", help="Write log10(1 + P/median) "
+                                      "instead of linear values.")] = False,
+    crop_resolution: Annotated[Optional[float], typer.Option(
+        help="Crop the spectra at this resolution (Å); the header pixel size becomes "
+             "resolution/2 so the edge still reads as Nyquist.")] = None,
+    suppress_detector_lines: Annotated[bool, typer.Option(
+        "--suppress-detector-lines/--keep-detector-lines",
+        help="Mask the kx=0 and ky=0 lines of each unrotated spectrum (camera-fixed "
+             "artefacts) before rotating; other particles fill them in.")] = True,
+    axis: Annotated[str, typer.Option(help="'class': keep the 2D class frame; 'vertical' "
+                                      "(HILL, Bsoft) or 'horizontal' (RELION): turn each "
+                                      "class so its helical axis lies that way.")] = "class",
+    axis_angle: Annotated[Optional[str], typer.Option(
+        help="Helical axis per class, degrees from +x towards +y, e.g. '0:12.5,3:-40' "
+             "(class numbers in the input's numbering); default: estimated.")] = None,
+    class_averages: Annotated[Optional[Path], typer.Option(
+        help="Stored class averages for the axis estimate (cryoSPARC J##_class_averages.mrc "
+             "or RELION _classes.mrcs); default: rebuilt from up to 500 aligned particles "
+             "per class.")] = None,
+    psi_bin: Annotated[float, typer.Option(help="Width of the psi bins (degrees).")] = 0.5,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Averaged power spectra of the aligned particles, per class and pooled, for helical
+    indexing: the incoherent average of |F|² (not the spectrum of the class average).
+
+    Writes ps_class{k}.mrc (k in the input's numbering), ps_all.mrc and ps_camera_frame.mrc
+    (the unrotated average, which shows detector-fixed lines): float32, full plane, zero
+    frequency at (N//2, N//2), header pixel size such that the edge is Nyquist; a PNG of
+    each on axes in 1/Å; meridian/equator/radial profiles as CSV and PNG; summary.json.
+    """
+    from csplugin.core.particles import open_particles
+    from csplugin.jobs.power_spectrum import SpectrumOptions, power_spectra
+
+    if axis not in ("class", "vertical", "horizontal"):
+        raise InputError(None, f"--axis {axis!r} is not one of class, vertical, horizontal",
+                         "choose --axis class, vertical or horizontal")
+    options = SpectrumOptions(pad=pad, mask=mask, normalize=normalize,
+                              quantity="power" if power else "amplitude", log=log,
+                              crop_resolution=crop_resolution,
+                              suppress_detector_lines=suppress_detector_lines,
+                              psi_bin_deg=psi_bin, axis=axis)  # type: ignore[arg-type]
+    from csplugin.app.dask import connect
+
+    table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
+    with connect(scheduler, workers) as runner, _progress(quiet, "spectra", len(table)) as advance:
+        result = power_spectra(table, outdir, options, class_averages=class_averages,
+                               axis_angles=_parse_angles(axis_angle), overwrite=overwrite,
+                               progress=advance, runner=runner)
+    counts = ", ".join(f"{k}: {c}" for k, c in result.classes.items())
+    err.print(f"wrote spectra of {sum(result.classes.values()) or 'all'} particles "
+              f"(classes {counts or '-'}) to {result.outdir}")
+
+
+def _parse_angles(text: str | None) -> dict[int, float] | None:
+    """Parse ``"0:12.5,3:-40"`` into ``{0: 12.5, 3: -40.0}``."""
+    if text is None:
+        return None
+    try:
+        return {int(k): float(v) for k, v in (part.split(":") for part in text.split(","))}
+    except ValueError:
+        raise InputError(None, f"--axis-angle {text!r} is not a list like '0:12.5,3:-40'",
+                         "give class:degrees pairs separated by commas") from None
+
+
+@app.command("class-averages")
+def class_averages_cmd(
+    file: Input,
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    classes: Classes = None,
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    stacker: Annotated[str, typer.Option(
+        help="'mean' (one streaming pass), 'median', 'sigma-rejection' or 'winsorized' "
+             "(order statistics: each class is spilled once to a temporary file in OUTDIR "
+             "and stacked in pixel tiles).")] = "mean",
+    sigma: Annotated[float, typer.Option(help="sigma-rejection: reject beyond this many "
+                                              "standard deviations.")] = 3.0,
+    percentile: Annotated[float, typer.Option(help="winsorized: fraction clipped at each "
+                                                   "end, in [0, 0.5).")] = 0.1,
+    weights: Annotated[str, typer.Option(
+        help="'none' or 'posterior' (alignments2D/class_posterior, "
+             "rlnMaxValueProbDistribution).")] = "none",
+    ctf: Annotated[str, typer.Option(
+        help="'none', 'phase-flip' (multiply each aligned particle's FT by the sign of its "
+             "CTF) or 'wiener' (Σ w CTF F / (Σ w CTF² + 1/SNR); mean only).")] = "none",
+    wiener_snr: Annotated[Optional[float], typer.Option(
+        help="Per-particle SNR of the Wiener filter (default: estimated per class from the "
+             "FRC of two half-sets).")] = None,
+    invert_contrast: Annotated[bool, typer.Option("--invert-contrast",
+                                                  help="Negate the averages.")] = False,
+    interpolation: Interpolation = "cubic",
+    compare: Annotated[Optional[Path], typer.Option(
+        help="Class averages of the same job (cryoSPARC J##_class_averages.mrc or RELION "
+             "_classes.mrcs) to correlate with, slice = 0-based class index; writes "
+             "compare.csv.")] = None,
+    select: Annotated[Optional[str], typer.Option(
+        help="Rank the classes and write them best first: 'top' (class order), 'random' "
+             "(seed 0), 'neighbor-variance' / 'distance' (ascending variance / mean of the "
+             "members' leave-one-out distances to their class; two extra passes), "
+             "'global-variance' / 'global-snr' (descending variance / banded SNR of each "
+             "average). Default: all classes in ascending class number.")] = None,
+    repulsion: Annotated[Optional[int], typer.Option(
+        help="With --select: greedy repulsion excluding each kept class's first K members "
+             "(stored 2D classes are disjoint, so this removes none of them).")] = None,
+    keep: Annotated[Optional[int], typer.Option(
+        help="With --select: write only the first N selected classes.")] = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Rebuild the class averages from the stored alignments: each class's particles are
+    aligned as export-aligned does (A(q) = P(R(-θ)q - s)) and stacked.
+
+    With --select, the same outputs list the selected classes best first (slice i = i-th
+    selected) with the selector's score (rlnClassSelectionScore, selection/score).
+
+    Outputs in OUTDIR: class_averages.mrcs (slice i = i-th class in ascending class number,
+    voxel size = pixel size), class_averages.cs (cryoSPARC class-averages layout, plus
+    alignments2D/class 0-based and alignments2D/num_particles), class_averages.star (RELION
+    data_model_classes with rlnClassNumber 1-based, rlnClassDistribution and
+    rlnClassParticleCount) and class_averages.png (montage with class numbers as in IN and
+    particle counts).
+    """
+    from csplugin.core.particles import open_particles
+    from csplugin.jobs.class_averages import class_averages
+
+    table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
+    if select is not None and (scheduler is not None or workers is not None):
+        raise InputError(None, "--select runs in this process", "drop --scheduler/--workers")
+    if select is not None:
+        from csplugin.averaging.selection import particles_to_average, selection_source
+        from csplugin.jobs.class_averages import output_paths
+        from csplugin.jobs.export_aligned import prepare_outdir
+
+        if compare is not None:
+            raise InputError(None, "--compare needs the class order", "drop --select")
+        if keep is not None and keep < 1:
+            raise InputError(None, f"--keep {keep} must be >= 1", "e.g. --keep 20")
+        prepare_outdir(outdir, list(output_paths(outdir).values()), overwrite)
+        source = selection_source(table, select, repulsion=repulsion, stacker=stacker,
+                                  sigma=sigma, percentile=percentile, weights=weights, ctf=ctf,
+                                  wiener_snr=wiener_snr, interpolation=interpolation,
+                                  spill_dir=outdir)
+        with _progress(quiet, "averaging", particles_to_average(source, keep)) as advance:
+            source.averager.progress = advance
+            saved = source.save(outdir, keep, invert_contrast=invert_contrast, overwrite=True)
+        numbers = saved.labels + table.class_base
+        for label, number in zip(saved.labels.tolist(), numbers):
+            if label in source.averager.snr:
+                err.print(f"class {number}: Wiener SNR {source.averager.snr[label]:.3g}")
+        out.print("rank  class  particles  score")
+        for rank, (number, count, score) in enumerate(zip(numbers, saved.counts, saved.scores)):
+            out.print(f"{rank:>4}  {number:>5}  {count:>9}  {score:.4g}")
+        err.print(f"wrote {len(saved.rows)} of {source.n} selected class averages "
+                  f"({select}): {saved.mrcs}, {saved.cs.name}, {saved.star.name}, "
+                  f"{saved.png.name}")
+        return
+    if repulsion is not None or keep is not None:
+        raise InputError(None, "--repulsion and --keep rank classes", "add --select")
+    from csplugin.app.dask import connect
+
+    total = int((table.particles["class_index"] >= 0).sum())
+    with connect(scheduler, workers) as runner, _progress(quiet, "averaging", total) as advance:
+        result = class_averages(
+            table, outdir, stacker=stacker, sigma=sigma, percentile=percentile, weights=weights,
+            ctf=ctf, wiener_snr=wiener_snr, invert_contrast=invert_contrast,
+            interpolation=interpolation, compare=compare, overwrite=overwrite, progress=advance,
+            runner=runner)
+    if result.snr is not None:
+        for number, snr in zip(result.classes, result.snr):
+            err.print(f"class {number}: Wiener SNR {snr:.3g}")
+    if result.comparison is not None:
+        out.print("class  particles  correlation")
+        for row in result.comparison.itertuples(index=False):
+            out.print(f"{row[0]:>5}  {row[2]:>9}  {row[3]:>11.4f}")
+    err.print(f"wrote {len(result.classes)} class averages of {int(result.counts.sum())} "
+              f"particles: {result.mrcs}, {result.cs.name}, {result.star.name}, "
+              f"{result.png.name}" + (f", {result.compare_csv.name}" if result.compare_csv else ""))
+
+
+@app.command()
+def classify(
+    file: Input,
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    n_nbor: Annotated[int, typer.Option(
+        help="Neighbours per particle in the network, the particle itself included.")] = 10,
+    n_classes: Annotated[Optional[int], typer.Option(
+        "--n-classes", help="Also partition the particles into K classes (reference-free "
+                          "2D classification of the denoised network means) and write them "
+                          "with in-plane angles as particles.star / particles.cs.")] = None,
+    passthrough: Passthrough = None,
+    project_dir: ProjectDir = None,
+    fspca_components: Annotated[int, typer.Option(
+        help="Most steerable-PCA components kept above the noise.")] = 400,
+    bispectrum_components: Annotated[int, typer.Option(
+        help="Dimension of the invariant (bispectrum) features.")] = 150,
+    diffusion: Annotated[bool, typer.Option(
+        help="Rank neighbours by vector diffusion over the alignment graph (more accurate "
+             "at low SNR) instead of the pairwise alignment distance.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the randomized steps.")] = 0,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Classify particles without using any stored alignment or class (RIRClass2D): every
+    particle gets its nearest neighbours among the others and their mirror images, found by
+    rotation-invariant (bispectrum) features of a noise-whitened steerable PCA, rotational
+    alignment and vector diffusion. Particles should be centred in the box.
+
+    Outputs in OUTDIR: neighbors.npz (indices, reflections, distances, rotations: (n,
+    n_nbor), 0-based input rows, column 0 = the particle; uid), summary.json and, with
+    --n-classes K, particles.star / particles.cs: the input with class = new class (0-based
+    .cs, 1-based .star, 0/1 = largest), psi/pose = in-plane angle into the class frame,
+    origins/shift 0, so that class-averages can average them.
+    """
+    from csplugin.core.particles import open_particles
+    from csplugin.jobs.classify import classify_particles
+
+    table = open_particles(file, passthrough, project_dir)
+    result = classify_particles(table, outdir, n_nbor=n_nbor, n_classes=n_classes, seed=seed,
+                                overwrite=overwrite, fspca_components=fspca_components,
+                                bispectrum_components=bispectrum_components,
+                                diffusion=diffusion)
+    if not quiet:
+        info = json.loads(result.summary.read_text())["classifier"]
+        seconds = sum(info["seconds"].values())
+        err.print(f"{info['particles']} particles of {info['box']} px: noise variance "
+                  f"{info['noise_variance']:.4g}, {info['spca_components']} steerable "
+                  f"components, {info['bispectrum_triplets']} invariant triplets -> "
+                  f"{info['bispectrum_components']}; classified in {seconds:.1f} s")
+    written = [result.neighbors.name, result.summary.name]
+    if result.class_sizes is not None:
+        sizes = result.class_sizes
+        err.print(f"{len(sizes)} classes of {min(sizes)} to {max(sizes)} particles")
+        written += [result.star.name, result.cs.name]  # type: ignore[union-attr]
+    err.print(f"wrote {', '.join(written)} to {outdir}")
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise InputError(path, "already exists", "pass --overwrite to replace it")
+
+
+def main() -> None:
+    """Console entry point: user errors print one line and exit with status 2."""
+    try:
+        app()
+    except InputError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Core: the normalised particle table, its conventions and field names, image access."""

@@ -1,0 +1,181 @@
+"""Stream the particle images of a table in bounded chunks.
+
+Every job reads particles the same way: check once that every stack exists and holds every
+referenced index (so a job fails before writing anything), then read ``(k, N, N)`` float32
+chunks in table order, the next chunk prefetched on a background thread while the caller
+works on the current one. Memory is bounded by two chunks whatever the particle count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from formats import InputError
+from formats.mrc import Stack, open_stack
+
+#: Bytes of float32 images per chunk (64 images of 256², 256 of 128²); two or three chunks
+#: are in flight at once (being read, being processed, being written).
+CHUNK_BYTES = 16 << 20
+
+
+class ParticleTable(Protocol):
+    """What reading images needs of a :class:`csplugin.core.particles.ParticleTable` (which
+    imports this module, so it is described here rather than imported)."""
+
+    particles: pd.DataFrame
+    source: Path
+
+    @property
+    def box(self) -> int: ...
+
+    def missing_stacks(self) -> list[str]: ...
+
+    def __len__(self) -> int: ...
+
+
+def check_stacks(table: ParticleTable) -> dict[str, Stack]:
+    """Open every stack the table references and check its indices and box size.
+
+    Returns
+    -------
+    dict
+        Absolute stack path -> :class:`~formats.mrc.Stack`.
+
+    Raises
+    ------
+    InputError
+        A missing stack, an index past the end of a stack, or a box that differs from the
+        metadata.
+    """
+    if len(table) == 0:
+        raise InputError(table.source, "selects no particles",
+                         "check --classes against `csplugin info` (0-based for .cs, 1-based for .star)")
+    missing = table.missing_stacks()
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise InputError(missing[0], f"particle stack not found{more} (referenced by {table.source})",
+                         "pass --project-dir (the directory the stack paths start from)")
+    p = table.particles
+    stacks = {path: open_stack(path) for path in p["stack"].unique()}
+    last = p.groupby("stack")["stack_index"].max()
+    for path, index in last.items():
+        if index >= stacks[path].n:
+            raise InputError(path, f"has {stacks[path].n} images but {table.source} refers to "
+                             f"image {index} (0-based)", "check that the metadata matches the stacks")
+    boxes = p.groupby("stack")["box"].first()
+    for path, box in boxes.items():
+        if stacks[path].box != (box, box):
+            raise InputError(path, f"holds {stacks[path].box} images, the metadata says {box} px",
+                             "check that the metadata matches the stacks")
+    return stacks
+
+
+def read_chunk(table: ParticleTable, rows: np.ndarray, stacks: dict[str, Stack]) -> np.ndarray:
+    """Images ``(k, N, N)`` float32 of the particles at table positions ``rows`` (``(k,)``)."""
+    p = table.particles
+    return _read(p["stack"].to_numpy()[rows], p["stack_index"].to_numpy()[rows], stacks,
+                 int(p["box"].iloc[rows[0]]))
+
+
+def _read(stack_col: np.ndarray, index_col: np.ndarray, stacks: dict[str, Stack], box: int
+          ) -> np.ndarray:
+    """Images ``(k, N, N)`` float32 for ``(k,)`` stack paths and 0-based indices."""
+    out = np.empty((len(stack_col), box, box), np.float32)
+    if len(stack_col) and (stack_col[0] == stack_col).all():  # the common case: one stack
+        stacks[stack_col[0]].read(index_col, out=out)
+    else:
+        for path in np.unique(stack_col):
+            mine = np.flatnonzero(stack_col == path)
+            out[mine] = stacks[path].read(index_col[mine])
+    finite = np.isfinite(out).all(axis=(1, 2))
+    if not finite.all():
+        j = int(np.flatnonzero(~finite)[0])
+        raise InputError(stack_col[j], f"image {index_col[j]} (0-based) contains NaN or "
+                         "infinite pixels", "re-extract that particle or leave it out")
+    return out
+
+
+def chunk_size_for(box: int) -> int:
+    """Images per chunk: about CHUNK_BYTES of float32, at least 16."""
+    return max(16, CHUNK_BYTES // (4 * box * box))
+
+
+def iter_chunks(table: ParticleTable, chunk_size: int | None = None,
+                stacks: dict[str, Stack] | None = None, segment: int | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(rows, images)`` over the table in order, ``images`` ``(k, N, N)`` float32.
+
+    ``rows`` are table positions ``(k,)``; the next chunk is read while the caller works.
+    ``chunk_size`` defaults to :func:`chunk_size_for` the table's box. With ``segment``, no
+    chunk crosses a multiple of ``segment`` (e.g. the boundary between output stacks).
+    """
+    stacks = check_stacks(table) if stacks is None else stacks
+    if len(table) == 0:
+        return
+    box = int(table.particles["box"].iloc[0])
+    chunk_size = chunk_size or chunk_size_for(box)
+    stack_col = table.particles["stack"].to_numpy()
+    index_col = table.particles["stack_index"].to_numpy()
+    segment = segment or len(table)
+    bounds = [(start, min(start + chunk_size, first + segment, len(table)))
+              for first in range(0, len(table), segment)
+              for start in range(first, min(first + segment, len(table)), chunk_size)]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for start, stop in bounds:
+            rows = np.arange(start, stop)
+            future = pool.submit(_read, stack_col[rows], index_col[rows], stacks, box)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (rows, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
+
+
+class ParticleImages:
+    """Read-only, on-demand access to the raw images of a table: ``table.images``.
+
+    ``images[i]`` -> ``(N, N)``; ``images[i:j]``, ``images[[i, k, ...]]`` or a boolean mask
+    -> ``(k, N, N)``; float32, in table order. Stacks are opened and checked
+    (:func:`check_stacks`) on first use and kept in :attr:`stacks`. Nothing is cached
+    but the stack headers: every access reads from disk (stream large tables with
+    :func:`iter_chunks` instead of slicing everything).
+    """
+
+    def __init__(self, table: ParticleTable) -> None:
+        self._table = table
+        self._stacks: dict[str, Stack] | None = None
+
+    @property
+    def stacks(self) -> dict[str, Stack]:
+        """Absolute stack path -> :class:`~formats.mrc.Stack`, checked once."""
+        if self._stacks is None:
+            self._stacks = check_stacks(self._table)
+        return self._stacks
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(n, N, N)``."""
+        box = self._table.box()
+        return len(self._table), box, box
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        n = len(self._table)
+        if isinstance(key, (int, np.integer)):
+            if not -n <= key < n:
+                raise IndexError(f"particle {key} out of range for {n} particles")
+            return self[np.array([key % n])][0]
+        rows = np.arange(n)[key]
+        if rows.size == 0:
+            box = self._table.box()
+            return np.empty((0, box, box), np.float32)
+        return read_chunk(self._table, rows, self.stacks)

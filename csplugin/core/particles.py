@@ -1,0 +1,511 @@
+"""The normalised particle table shared by every csplugin job, and its native round trip.
+
+:func:`open_particles` reads a cryoSPARC ``.cs`` (merged with its passthrough by ``uid``) or a
+RELION ``.star`` and returns a :class:`ParticleTable`: one row per particle with the columns
+below in csplugin's single internal convention (see :mod:`csplugin.core.conventions`), plus the
+input's own rows, kept verbatim so that writing back loses nothing.
+
+Normalised columns
+------------------
+==================  =====================================================================
+``uid``             uint64; cryoSPARC's uid (generated from the row number for ``.star``)
+``image_path``      stack path as written in the input (``>`` stripped)
+``stack``           absolute path of the stack on this machine
+``stack_index``     0-based image index within the stack
+``pixel_size``      Å/px of the particle images
+``box``             image size N (pixels)
+``angle``           θ, radians (internal convention)
+``shift_x/_y``      s, pixels of the particle image (internal convention)
+``class_index``     0-based class; -1 where the input has none
+``class_posterior`` probability of the assigned class (NaN where absent)
+``optics_group``    cryoSPARC ``ctf/exp_group_id`` / RELION optics group number
+``defocus_u/_v``    Å; ``defocus_angle`` deg; ``voltage`` kV; ``cs`` mm;
+``amplitude_contrast``, ``phase_shift`` deg, ``bfactor`` Å², ``ctf_scale``,
+``ctf_premultiplied`` (bool)  -- NaN where the input has no CTF
+``helical_tube_id``  int64 (-1 where absent); ``psi_prior`` deg (NaN where absent)
+==================  =====================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from csplugin.core import conventions as cv
+from csplugin.core.images import ParticleImages
+from formats import InputError
+from formats.cs import decode, encode, find_passthrough, merge_passthrough, read_cs, write_cs
+from formats.mrc import open_stack
+from formats.star import join_image_names, particle_blocks, read_star, split_image_names, write_star
+
+Kind = Literal["cs", "star"]
+
+# (cryoSPARC field, RELION label, internal column, cryoSPARC -> internal factor)
+_CTF_FIELDS: tuple[tuple[str, str, str, float], ...] = (
+    ("ctf/df1_A", "rlnDefocusU", "defocus_u", 1.0),
+    ("ctf/df2_A", "rlnDefocusV", "defocus_v", 1.0),
+    ("ctf/df_angle_rad", "rlnDefocusAngle", "defocus_angle", 180 / np.pi),
+    ("ctf/accel_kv", "rlnVoltage", "voltage", 1.0),
+    ("ctf/cs_mm", "rlnSphericalAberration", "cs", 1.0),
+    ("ctf/amp_contrast", "rlnAmplitudeContrast", "amplitude_contrast", 1.0),
+    ("ctf/phase_shift_rad", "rlnPhaseShift", "phase_shift", 180 / np.pi),
+    ("ctf/bfactor", "rlnCtfBfactor", "bfactor", 1.0),
+    ("ctf/scale", "rlnCtfScalefactor", "ctf_scale", 1.0),
+)
+#: RELION labels that belong in data_optics when writing RELION 3.1.
+_OPTICS_LABELS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+#: Optics-group name prefix that carries cryoSPARC's ctf/exp_group_id through a .star file.
+_GROUP_NAME = "exp_group_"
+#: RELION pose labels replaced by what csplugin writes.
+_RELION_POSE_LABELS = ("rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst",
+                       "rlnOriginYAngst")
+
+
+@dataclass(frozen=True)
+class ParticleTable:
+    """Particles in csplugin's internal convention, with the input's own rows.
+
+    Attributes
+    ----------
+    particles
+        Normalised table, one row per particle (columns in the module docstring).
+    kind
+        ``"cs"`` or ``"star"``: the input format.
+    source
+        The input file.
+    native
+        The input's rows in the same order: a structured array (``.cs``, passthrough merged)
+        or the ``data_particles`` table (``.star``).
+    optics
+        The ``data_optics`` table of a RELION 3.1+ input, else ``None``.
+    aligned
+        Whether the input stores in-plane alignments (``alignments2D/pose`` in a ``.cs``;
+        ``rlnAnglePsi`` or origins in a ``.star``); without them angles and shifts are 0.
+    """
+
+    particles: pd.DataFrame
+    kind: Kind
+    source: Path
+    native: np.ndarray | pd.DataFrame
+    optics: pd.DataFrame | None = None
+    aligned: bool = True
+
+    def __len__(self) -> int:
+        return len(self.particles)
+
+    @property
+    def n(self) -> int:
+        """Number of particles (``len(table)``)."""
+        return len(self.particles)
+
+    @cached_property
+    def images(self) -> ParticleImages:
+        """The raw particle images, read on demand: ``images[i:j]`` -> ``(k, N, N)`` float32
+        in table order (:class:`csplugin.core.images.ParticleImages`; stacks checked on first use)."""
+        return ParticleImages(self)
+
+    @property
+    def class_base(self) -> int:
+        """How the input numbers classes: 0 (cryoSPARC) or 1 (RELION)."""
+        return cv.CRYOSPARC_BASE if self.kind == "cs" else cv.RELION_BASE
+
+    def take(self, rows: np.ndarray) -> ParticleTable:
+        """The particles at positions ``rows`` (``(k,)`` int or ``(n,)`` bool), in that order."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        native = self.native[rows] if isinstance(self.native, np.ndarray) else \
+            self.native.iloc[rows].reset_index(drop=True)
+        return replace(self, particles=self.particles.iloc[rows].reset_index(drop=True),
+                       native=native)
+
+    def with_columns(self, **columns: object) -> ParticleTable:
+        """A copy with normalised columns replaced (e.g. new stacks, zeroed poses)."""
+        return replace(self, particles=self.particles.assign(**columns))
+
+    def require_alignments(self) -> None:
+        """Raise :class:`InputError` when the input stores no in-plane alignments."""
+        if not self.aligned:
+            what = "alignments2D fields" if self.kind == "cs" else "rlnAnglePsi or origins"
+            raise InputError(self.source, f"has no {what}, so there is no 2D alignment to apply",
+                             "pass the particles of a 2D classification job")
+
+    def select_classes(self, classes: list[int] | None) -> ParticleTable:
+        """Keep particles of the given classes, numbered as the input numbers them.
+
+        Raises
+        ------
+        InputError
+            A requested class has no particles (the message lists the classes present).
+        """
+        if classes is None:
+            return self
+        index = self.particles["class_index"].to_numpy()
+        present = set(self.class_numbers()[index >= 0].tolist())
+        unknown = sorted(set(classes) - present)
+        if unknown:
+            listing = ",".join(map(str, sorted(present))) or "none"
+            raise InputError(self.source, f"selects no particles in class {unknown[0]} (classes "
+                             f"present: {listing})", "check --classes against `csplugin info` "
+                             "(0-based for .cs, 1-based for .star)")
+        return self.take(np.isin(index, cv.from_base(np.asarray(classes), self.class_base)))
+
+    def class_numbers(self) -> np.ndarray:
+        """``(n,)`` class numbers in the input's own numbering (0-based .cs, 1-based .star)."""
+        return cv.to_base(self.particles["class_index"].to_numpy(), self.class_base)
+
+    def missing_stacks(self) -> list[str]:
+        """Stack files referenced by the table that do not exist, sorted."""
+        return sorted(s for s in self.particles["stack"].unique() if not Path(s).is_file())
+
+    def pixel_size(self) -> float:
+        """The single pixel size of all particles (Å); error if they differ."""
+        sizes = np.unique(np.round(self.particles["pixel_size"].to_numpy(), 4))
+        if len(sizes) != 1:
+            raise InputError(self.source, f"mixes pixel sizes {', '.join(map(str, sizes))} Å",
+                             "select particles of one pixel size (e.g. one optics group)")
+        return float(self.particles["pixel_size"].iloc[0])
+
+    def box(self) -> int:
+        """The single box size of all particles (px); error if they differ."""
+        boxes = np.unique(self.particles["box"].to_numpy())
+        if len(boxes) != 1:
+            raise InputError(self.source, f"mixes box sizes {', '.join(map(str, boxes))} px",
+                             "select particles of one box size")
+        return int(boxes[0])
+
+
+# ----------------------------------------------------------------------------------------- read
+def open_particles(path: str | Path, passthrough: str | Path | None = None,
+                   project_dir: str | Path | None = None) -> ParticleTable:
+    """Read a cryoSPARC ``.cs`` or RELION ``.star`` particle file into a :class:`ParticleTable`.
+
+    Parameters
+    ----------
+    path
+        ``.cs`` (its ``J##_passthrough_particles.cs`` is found beside it) or ``.star``.
+    passthrough
+        cryoSPARC passthrough file to merge by ``uid`` (default: found beside ``path``).
+    project_dir
+        Directory that relative stack paths start from. Default for ``.cs``: the directory
+        containing the job directory (cryoSPARC project), falling back to the ``.cs`` file's
+        own directory; for ``.star``: the current directory (where RELION runs), falling
+        back to the ``.star`` file's directory.
+    """
+    path = Path(path)
+    if path.suffix == ".star":
+        if passthrough is not None:
+            raise InputError(passthrough, "a passthrough only goes with a cryoSPARC .cs input",
+                             "drop --passthrough for .star input")
+        table = _from_star(path)
+        bases = [Path(project_dir)] if project_dir else [Path.cwd(), path.parent]
+    elif path.suffix == ".cs":
+        table = _from_cs(path, passthrough)
+        bases = [Path(project_dir)] if project_dir else [path.parent.parent, path.parent]
+    else:
+        raise InputError(path, "is neither a .cs nor a .star file",
+                         "pass a cryoSPARC .cs or RELION .star particle file")
+    p = table.particles
+    p["stack"] = _resolve_stacks(p["image_path"], bases)
+    if (p["box"] == 0).any():  # RELION 3.0 files give no box size: read the stack headers
+        boxes = {s: open_stack(s).box[1] if Path(s).is_file() else 0 for s in p["stack"].unique()}
+        p["box"] = p["stack"].map(boxes).astype(np.int64)
+    return table
+
+
+def _resolve_stacks(image_paths: pd.Series, bases: list[Path]) -> pd.Series:
+    """Absolute stack paths: each relative path joined to the first base where it exists."""
+    resolved: dict[str, str] = {}
+    for text in image_paths.unique():
+        candidates = [Path(text)] if Path(text).is_absolute() else [b / text for b in bases]
+        found = next((c for c in candidates if c.is_file()), candidates[0])
+        resolved[text] = str(found.absolute())
+    return image_paths.map(resolved)
+
+
+def _from_cs(path: Path, passthrough: str | Path | None) -> ParticleTable:
+    data = read_cs(path)
+    pt_path = Path(passthrough) if passthrough is not None else find_passthrough(path)
+    if pt_path is not None:
+        data = merge_passthrough(data, read_cs(pt_path), pt_path)
+    fields = set(data.dtype.names)
+    for needed in ("blob/path", "blob/idx", "blob/psize_A", "blob/shape"):
+        if needed not in fields:
+            raise InputError(path, f"has no field '{needed}'",
+                             "pass the particles .cs of a job that outputs particle blobs")
+    n = len(data)
+    p = pd.DataFrame({"uid": data["uid"].astype(np.uint64)})
+    p["image_path"] = np.char.lstrip(decode(data["blob/path"]), ">") if n else []
+    p["stack_index"] = data["blob/idx"].astype(np.int64)
+    p["pixel_size"] = data["blob/psize_A"].astype(np.float64)
+    p["box"] = data["blob/shape"][:, -1].astype(np.int64) if n else []
+    if "alignments2D/pose" in fields:
+        angle, shift = cv.from_cryosparc_pose(
+            data["alignments2D/pose"], data["alignments2D/shift"],
+            data["alignments2D/psize_A"] if "alignments2D/psize_A" in fields else data["blob/psize_A"],
+            data["blob/psize_A"])
+    else:
+        angle, shift = np.zeros(n), np.zeros((n, 2))
+    p["angle"], p["shift_x"], p["shift_y"] = angle, shift[:, 0], shift[:, 1]
+    p["class_index"] = (cv.from_base(data["alignments2D/class"], cv.CRYOSPARC_BASE)
+                        if "alignments2D/class" in fields else np.full(n, -1))
+    p["class_posterior"] = _column(data, "alignments2D/class_posterior", n)
+    p["optics_group"] = (data["ctf/exp_group_id"].astype(np.int64)
+                         if "ctf/exp_group_id" in fields else np.zeros(n, np.int64))
+    for cs_field, _, column, factor in _CTF_FIELDS:
+        p[column] = _column(data, cs_field, n) * factor
+    p["ctf_premultiplied"] = False
+    p["helical_tube_id"] = (data["filament/filament_uid"].astype(np.int64)
+                            if "filament/filament_uid" in fields else np.full(n, -1))
+    p["psi_prior"] = (cv.filament_pose_to_psi_prior(data["filament/filament_pose"])
+                      if "filament/filament_pose" in fields else np.full(n, np.nan))
+    _add_location_from_cs(p, data)
+    return ParticleTable(p, "cs", path, data, aligned="alignments2D/pose" in fields)
+
+
+def _column(data: np.ndarray, field: str, n: int) -> np.ndarray:
+    """A float64 field of a structured array, or NaN where it is absent."""
+    return data[field].astype(np.float64) if field in data.dtype.names else np.full(n, np.nan)
+
+
+def _add_location_from_cs(p: pd.DataFrame, data: np.ndarray) -> None:
+    names = data.dtype.names
+    if "location/micrograph_path" in names:
+        p["micrograph"] = decode(data["location/micrograph_path"])
+    if {"location/center_x_frac", "location/micrograph_shape"} <= set(names):
+        shape = data["location/micrograph_shape"].astype(np.float64)  # [ny, nx]
+        p["coordinate_x"] = data["location/center_x_frac"] * shape[:, 1]
+        p["coordinate_y"] = data["location/center_y_frac"] * shape[:, 0]
+
+
+def _from_star(path: Path) -> ParticleTable:
+    particles, optics = particle_blocks(read_star(path), path)
+    particles = particles.reset_index(drop=True)
+    n = len(particles)
+    if optics is not None:
+        if "rlnOpticsGroup" not in particles:
+            raise InputError(path, "has data_optics but particles lack rlnOpticsGroup",
+                             "add rlnOpticsGroup to data_particles")
+        merged = particles[["rlnOpticsGroup"]].merge(optics, on="rlnOpticsGroup", how="left")
+        if "rlnImagePixelSize" not in optics or merged["rlnImagePixelSize"].isna().any():
+            raise InputError(path, "has particles whose optics group has no rlnImagePixelSize",
+                             "give every optics group an rlnImagePixelSize")
+        pixel_size = merged["rlnImagePixelSize"].to_numpy(np.float64)
+        box = merged["rlnImageSize"].to_numpy(np.int64) if "rlnImageSize" in merged else None
+        group = particles["rlnOpticsGroup"].to_numpy(np.int64)
+        names = merged.get("rlnOpticsGroupName")
+        if names is not None:
+            from_name = names.astype(str).str.extract(rf"^{_GROUP_NAME}(\d+)$")[0]
+            group = np.where(from_name.notna(), pd.to_numeric(from_name), group).astype(np.int64)
+        lookup = merged
+    else:
+        if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(particles):
+            pixel_size = cv.relion30_pixel_size(particles["rlnDetectorPixelSize"],
+                                                particles["rlnMagnification"])
+        elif "rlnImagePixelSize" in particles:
+            pixel_size = particles["rlnImagePixelSize"].to_numpy(np.float64)
+        else:
+            raise InputError(path, "gives no pixel size (no rlnDetectorPixelSize/rlnMagnification)",
+                             "add a data_optics table with rlnImagePixelSize (RELION 3.1)")
+        box, group, lookup = None, np.ones(n, np.int64), particles
+    numbers, stacks = split_image_names(particles["rlnImageName"], path)
+    p = pd.DataFrame({"uid": np.arange(n, dtype=np.uint64)})
+    p["image_path"] = stacks
+    p["stack_index"] = cv.from_base(numbers, cv.RELION_BASE)
+    p["pixel_size"] = pixel_size
+    p["box"] = box if box is not None else np.zeros(n, np.int64)
+    if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(particles):
+        origin = cv.origin_angstrom_to_px(particles[["rlnOriginXAngst", "rlnOriginYAngst"]],
+                                          pixel_size)
+    elif {"rlnOriginX", "rlnOriginY"} <= set(particles):
+        origin = particles[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64)
+    else:
+        origin = np.zeros((n, 2))
+    psi = particles["rlnAnglePsi"].to_numpy(np.float64) if "rlnAnglePsi" in particles \
+        else np.zeros(n)
+    angle, shift = cv.from_relion_pose(psi, origin)
+    p["angle"], p["shift_x"], p["shift_y"] = angle, shift[:, 0], shift[:, 1]
+    p["class_index"] = (cv.from_base(particles["rlnClassNumber"], cv.RELION_BASE)
+                        if "rlnClassNumber" in particles else np.full(n, -1))
+    p["class_posterior"] = _label(particles, "rlnMaxValueProbDistribution", n)
+    p["optics_group"] = group
+    for _, label, column, _ in _CTF_FIELDS:
+        source = lookup if label in _OPTICS_LABELS and label not in particles else particles
+        p[column] = _label(source, label, n)
+    premult = lookup.get("rlnCtfDataAreCtfPremultiplied")
+    p["ctf_premultiplied"] = (premult.fillna(0).to_numpy().astype(bool) if premult is not None
+                              else False)
+    p["helical_tube_id"] = (particles["rlnHelicalTubeID"].to_numpy(np.int64)
+                            if "rlnHelicalTubeID" in particles else np.full(n, -1))
+    p["psi_prior"] = _label(particles, "rlnAnglePsiPrior", n)
+    for label, column in (("rlnMicrographName", "micrograph"), ("rlnCoordinateX", "coordinate_x"),
+                          ("rlnCoordinateY", "coordinate_y")):
+        if label in particles:
+            p[column] = particles[label].to_numpy()
+    aligned = bool({"rlnAnglePsi", "rlnOriginX", "rlnOriginXAngst"} & set(particles))
+    return ParticleTable(p, "star", path, particles, optics, aligned)
+
+
+def _label(table: pd.DataFrame, label: str, n: int) -> np.ndarray:
+    """A float64 column of a STAR table, or NaN where it is absent."""
+    return table[label].to_numpy(np.float64) if label in table else np.full(n, np.nan)
+
+
+# ---------------------------------------------------------------------------------------- write
+def to_cs(table: ParticleTable) -> np.ndarray:
+    """The table as a cryoSPARC structured array ``(n,)``.
+
+    Fields csplugin understands come from the normalised columns; for a ``.cs`` input every
+    other field is carried over unchanged. ``alignments2D/psize_A`` is set to
+    ``blob/psize_A`` because shifts are written in particle pixels. Without an input
+    ``blob/sign``, ``blob/sign`` is -1 (what cryoSPARC's Import Particles writes for data
+    whose sign is not flipped), so the ``blob`` slot is complete.
+    """
+    p = table.particles
+    n = len(p)
+    pose, shift = cv.to_cryosparc_pose(p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy())
+    new: dict[str, np.ndarray] = {
+        "uid": p["uid"].to_numpy(np.uint64),
+        "blob/path": encode(p["image_path"].to_numpy(str)) if n else np.zeros(0, "S1"),
+        "blob/idx": cv.to_base(p["stack_index"].to_numpy(), cv.CRYOSPARC_BASE).astype(np.uint32),
+        "blob/shape": np.repeat(p["box"].to_numpy(np.uint32)[:, None], 2, axis=1),
+        "blob/psize_A": p["pixel_size"].to_numpy(np.float32),
+        "alignments2D/pose": pose,
+        "alignments2D/shift": shift,
+        "alignments2D/psize_A": p["pixel_size"].to_numpy(np.float32),
+    }
+    if (p["class_index"] >= 0).any():
+        new["alignments2D/class"] = cv.to_base(p["class_index"].clip(lower=0).to_numpy(),
+                                               cv.CRYOSPARC_BASE).astype(np.uint32)
+    if p["class_posterior"].notna().any():
+        new["alignments2D/class_posterior"] = p["class_posterior"].to_numpy(np.float32)
+    if p["defocus_u"].notna().any():
+        new["ctf/exp_group_id"] = p["optics_group"].to_numpy(np.uint32)
+        for cs_field, _, column, factor in _CTF_FIELDS:
+            if p[column].notna().any():
+                new[cs_field] = (p[column].to_numpy(np.float64) / factor).astype(np.float32)
+    if (p["helical_tube_id"] >= 0).any():
+        new["filament/filament_uid"] = p["helical_tube_id"].to_numpy(np.uint64)
+    if p["psi_prior"].notna().any():
+        new["filament/filament_pose"] = cv.psi_prior_to_filament_pose(p["psi_prior"]).astype(
+            np.float32)
+    if "micrograph" in p:
+        new["location/micrograph_path"] = encode(p["micrograph"].to_numpy(str))
+    native = table.native if table.kind == "cs" else None
+    if native is None or "blob/sign" not in native.dtype.names:
+        new["blob/sign"] = np.full(n, -1.0, np.float32)  # what cryoSPARC's import writes
+    descr: list[tuple[str, np.dtype, tuple[int, ...]]] = []
+    names = list(native.dtype.names) if native is not None else []
+    names += [k for k in new if k not in names]
+    for name in names:
+        if name in new:
+            value = new[name]
+            if native is not None and name in native.dtype.names and \
+                    native.dtype[name].kind == value.dtype.kind and value.dtype.kind != "S":
+                dtype = native.dtype[name].base
+            else:
+                dtype = value.dtype
+            descr.append((name, dtype, value.shape[1:]))
+        else:
+            field = native.dtype[name]
+            descr.append((name, field.base, field.shape))
+    out = np.zeros(n, dtype=descr)
+    for name in names:
+        out[name] = new[name] if name in new else native[name]
+    return out
+
+
+def to_star(table: ParticleTable) -> dict[str, pd.DataFrame]:
+    """The table as RELION 3.1 blocks ``{"optics": ..., "particles": ...}``.
+
+    Labels csplugin understands come from the normalised columns (origins in Å, psi in
+    degrees, 1-based slices and classes); for a ``.star`` input its optics table and every
+    other label are carried over unchanged, otherwise optics groups are made by
+    :func:`_optics_table`.
+    """
+    p = table.particles
+    psi, origin_px = cv.to_relion_pose(p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy())
+    origin_A = cv.origin_px_to_angstrom(origin_px, p["pixel_size"].to_numpy())
+    if table.kind == "star" and table.optics is not None:  # RELION's own groups, unchanged
+        optics, group = table.optics, table.native["rlnOpticsGroup"].to_numpy(np.int64)
+    else:
+        optics, group = _optics_table(p)
+    new: dict[str, np.ndarray] = {
+        "rlnImageName": join_image_names(cv.to_base(p["stack_index"].to_numpy(), cv.RELION_BASE),
+                                         p["image_path"].to_numpy(str)),
+        "rlnAnglePsi": psi,
+        "rlnOriginXAngst": origin_A[:, 0],
+        "rlnOriginYAngst": origin_A[:, 1],
+        "rlnOpticsGroup": group,
+    }
+    if (p["class_index"] >= 0).any():
+        new["rlnClassNumber"] = cv.to_base(p["class_index"].to_numpy(), cv.RELION_BASE)
+    if p["class_posterior"].notna().any():
+        new["rlnMaxValueProbDistribution"] = p["class_posterior"].to_numpy()
+    for _, label, column, _ in _CTF_FIELDS:
+        if label not in _OPTICS_LABELS and p[column].notna().any():
+            new[label] = p[column].to_numpy()
+    if (p["helical_tube_id"] >= 0).any():
+        new["rlnHelicalTubeID"] = p["helical_tube_id"].to_numpy()
+    if p["psi_prior"].notna().any():
+        new["rlnAnglePsiPrior"] = p["psi_prior"].to_numpy()
+    for column, label in (("micrograph", "rlnMicrographName"), ("coordinate_x", "rlnCoordinateX"),
+                          ("coordinate_y", "rlnCoordinateY")):
+        if column in p:
+            new[label] = p[column].to_numpy()
+    if table.kind == "star":
+        dropped = set(_RELION_POSE_LABELS) | {"rlnMagnification", "rlnDetectorPixelSize"}
+        dropped |= set(_OPTICS_LABELS)  # they live in data_optics now
+        particles = table.native.drop(columns=[c for c in table.native if c in dropped])
+        particles = particles.reset_index(drop=True)
+        for label, values in new.items():
+            particles[label] = values
+    else:
+        particles = pd.DataFrame(new)
+    return {"optics": optics, "particles": particles}
+
+
+def _optics_table(p: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """RELION optics groups for particles that come without them.
+
+    One group per (cryoSPARC ``exp_group_id``, pixel size, box), numbered 1..G and named
+    ``exp_group_<id>`` so that reading the file back restores ``exp_group_id``.
+
+    Returns
+    -------
+    (optics, group)
+        The ``data_optics`` table and ``(n,)`` group numbers.
+    """
+    keys = p[["optics_group", "pixel_size", "box"]].astype({"optics_group": np.int64})
+    first = keys.drop_duplicates().sort_values(list(keys.columns))  # index: a row of each group
+    rows = first.index.to_numpy()
+    number = pd.Series(np.arange(1, len(first) + 1), index=pd.MultiIndex.from_frame(first))
+    group = number.loc[pd.MultiIndex.from_frame(keys)].to_numpy(np.int64) if len(p) else \
+        np.zeros(0, np.int64)
+    optics = pd.DataFrame({
+        "rlnOpticsGroup": np.arange(1, len(first) + 1),
+        "rlnOpticsGroupName": [f"{_GROUP_NAME}{g}" for g in first["optics_group"]],
+        "rlnImagePixelSize": first["pixel_size"].to_numpy(),
+        "rlnImageSize": first["box"].to_numpy(),
+        "rlnImageDimensionality": 2,
+    })
+    for _, label, column, _ in _CTF_FIELDS:
+        if label in _OPTICS_LABELS:
+            optics[label] = p[column].to_numpy()[rows]
+    if p["ctf_premultiplied"].any():
+        optics["rlnCtfDataAreCtfPremultiplied"] = p["ctf_premultiplied"].to_numpy(int)[rows]
+    return optics.dropna(axis=1, how="all"), group
+
+
+def save_particles(table: ParticleTable, path: str | Path) -> None:
+    """Write the table as ``.star`` (RELION 3.1) or ``.cs`` (numpy encoding), by suffix."""
+    path = Path(path)
+    if path.suffix == ".star":
+        write_star(path, to_star(table))
+    elif path.suffix == ".cs":
+        write_cs(path, to_cs(table))
+    else:
+        raise InputError(path, "has an unknown output suffix", "name the output .star or .cs")

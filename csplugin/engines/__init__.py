@@ -1,0 +1,1 @@
+"""Engines: pure array maths (resampling, power spectra, stackers, CTF); no file I/O."""

@@ -1,0 +1,209 @@
+"""Aligned particle stacks: apply every particle's stored rotation and shift, write them out.
+
+:func:`export_aligned` streams a :class:`~csplugin.core.particles.ParticleTable` through
+:func:`csplugin.engines.transform.align_images` chunk by chunk and writes
+
+* ``OUTDIR/particles_aligned_{k:04d}.mrcs``: the aligned images in table order, at most
+  ``particles_per_stack`` per file (image-stack header, voxel size = particle pixel size);
+* ``OUTDIR/particles.star`` (RELION 3.1) and ``OUTDIR/particles.cs`` (cryoSPARC, numpy
+  encoding) describing them, with the alignment consumed (psi, origins, ``alignments2D/pose``
+  and ``shift`` zero, helical psi priors moved into the aligned frame) and every other field
+  of the input kept.
+
+Path rule: in ``particles.star`` image names are relative to the current directory (where
+RELION runs) when the output lies below it, else absolute; in ``particles.cs``
+``blob/path`` is the stack's file name, relative to ``OUTDIR`` (give ``OUTDIR`` as the
+"particle data path" of cryoSPARC's Import Particles; csplugin resolves it as the file's
+own directory).
+
+Memory is bounded by a few chunks of images (about 32 MiB each), whatever the number of
+particles.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from csplugin.core import conventions as cv
+from csplugin.core.images import check_stacks, iter_chunks
+from csplugin.core.particles import ParticleTable, save_particles
+from csplugin.engines.transform import INTERPOLATIONS, align_images
+from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
+from formats import InputError
+from formats.mrc import Stack, StackWriter
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_aligned` wrote."""
+
+    star: Path
+    cs: Path
+    stacks: list[Path]
+    particles: int
+
+
+def prepare_outdir(outdir: Path, products: list[Path], overwrite: bool) -> None:
+    """Create ``outdir``, refuse to replace existing products without ``overwrite``, and
+    check that it is writable, before any work starts."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        probe = outdir / f".csplugin-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(outdir, f"cannot be written ({exc.strerror})",
+                         "choose an output directory you can write to") from None
+    existing = [p for p in products if p.exists()]
+    if existing and not overwrite:
+        raise InputError(existing[0], "already exists", "pass --overwrite to replace it")
+
+
+def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: str = "cubic",
+                   float16: bool = False, particles_per_stack: int = 10_000,
+                   chunk_size: int | None = None, overwrite: bool = False,
+                   progress: Callable[[int], None] | None = None,
+                   runner: TaskRunner | None = None) -> ExportResult:
+    """Write the aligned particles of ``table`` and their metadata to ``outdir``.
+
+    Parameters
+    ----------
+    table
+        Particles to export, in output order (select classes beforehand).
+    outdir
+        Output directory (created if needed).
+    interpolation
+        ``"cubic"`` (B-spline, default) or ``"linear"`` (RELION's bilinear); see
+        :mod:`csplugin.engines.transform`.
+    float16
+        Write mode-12 (float16) stacks, half the size.
+    particles_per_stack
+        Maximum images per output stack.
+    chunk_size
+        Images read, aligned and written at a time (default: about 16 MiB of them).
+    overwrite
+        Replace existing ``particles.star``/``particles.cs``/stacks in ``outdir``.
+    progress
+        Called with the number of particles finished after each chunk.
+    runner
+        None: stream here (reading, aligning and writing overlap). Else each output stack
+        is one task of ``runner`` (:func:`export_stack`, e.g. on a Dask cluster), with the
+        same images bit for bit; the metadata is written here once every stack exists.
+        If a task fails, every output stack of the run is removed.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise InputError(None, f"unknown interpolation {interpolation!r}",
+                         f"choose one of {', '.join(INTERPOLATIONS)}")
+    if particles_per_stack < 1:
+        raise InputError(None, "--particles-per-stack must be at least 1", "give a positive number")
+    outdir = Path(outdir)
+    table.require_alignments()
+    stacks_in = check_stacks(table)
+    pixel_size, box = table.pixel_size(), table.box()
+    n = len(table)
+    names = [outdir / f"particles_aligned_{k:04d}.mrcs"
+             for k in range((n + particles_per_stack - 1) // particles_per_stack)]
+    star_path, cs_path = outdir / "particles.star", outdir / "particles.cs"
+    prepare_outdir(outdir, [star_path, cs_path, *names], overwrite)
+
+    p = table.particles
+    angles = p["angle"].to_numpy()
+    shifts = p[["shift_x", "shift_y"]].to_numpy()
+    written: list[Path] = []
+    try:
+        if runner is None:
+            chunks = iter_chunks(table, chunk_size, stacks_in, segment=particles_per_stack)
+            with ThreadPoolExecutor(max_workers=1) as writer_thread:  # writes overlap the maths
+                for k, name in enumerate(names):
+                    count = min(particles_per_stack, n - k * particles_per_stack)
+                    _write_stack(name, count, chunks, angles, shifts, box, pixel_size, float16,
+                                 interpolation, writer_thread, progress)
+                    written.append(name)
+        else:
+            written += names  # tasks finish in any order: on failure remove them all
+            blocks = [np.arange(k * particles_per_stack, min((k + 1) * particles_per_stack, n))
+                      for k in range(len(names))]
+            tasks = ((task_table(table, rows), used_stacks(table, rows, stacks_in),
+                      name.absolute(), box, pixel_size, float16, interpolation, chunk_size)
+                     for rows, name in zip(blocks, names))
+            for _ in runner.map(export_stack, tasks, map(len, blocks), progress):
+                pass
+        stack_index = np.arange(n) % particles_per_stack
+        which = np.arange(n) // particles_per_stack
+        aligned = table.with_columns(
+            stack=[str(names[w].absolute()) for w in which], stack_index=stack_index,
+            angle=0.0, shift_x=0.0, shift_y=0.0,
+            psi_prior=cv.residual_psi_prior(p["psi_prior"].to_numpy(), angles))
+        save_particles(aligned.with_columns(
+            image_path=[relion_path(names[w]) for w in which]), star_path)
+        written.append(star_path)
+        save_particles(aligned.with_columns(image_path=[names[w].name for w in which]), cs_path)
+    except BaseException:
+        for path in written:  # no partial outputs: a failed run leaves none of its files
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        if runner is not None:
+            remove_stale_parts(names)
+    return ExportResult(star_path, cs_path, names, n)
+
+
+def export_stack(table: ParticleTable, stacks: dict[str, Stack], name: Path, box: int,
+                 pixel_size: float, float16: bool, interpolation: str,
+                 chunk_size: int | None, progress: Callable[[int], None] | None = None) -> Path:
+    """Write every particle of ``table``, aligned, as the stack ``name``: one export task.
+
+    ``stacks`` holds (at least) the input stacks the table refers to, already checked.
+    Returns ``name``. The stack appears atomically, so a task that dies leaves at most a
+    hidden ``.name.*.part`` file (see :func:`remove_stale_parts`).
+    """
+    p = table.particles
+    angles, shifts = p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy()
+    chunks = iter_chunks(table, chunk_size, stacks)
+    with ThreadPoolExecutor(max_workers=1) as writer_thread:
+        _write_stack(name, len(table), chunks, angles, shifts, box, pixel_size, float16,
+                     interpolation, writer_thread, progress)
+    return name
+
+
+def _write_stack(name: Path, count: int, chunks: Iterator[tuple[np.ndarray, np.ndarray]],
+                 angles: np.ndarray, shifts: np.ndarray, box: int, pixel_size: float,
+                 float16: bool, interpolation: str, writer_thread: ThreadPoolExecutor,
+                 progress: Callable[[int], None] | None) -> None:
+    """Align the next ``count`` images of ``chunks`` (rows index ``angles``/``shifts``) and
+    write them to ``name``, the writing of each chunk overlapping the next one's maths."""
+    with StackWriter(name, count, box, pixel_size, float16) as writer:
+        done, pending = 0, None
+        while done < count:
+            rows, images = next(chunks)
+            aligned = align_images(images, angles[rows], shifts[rows], interpolation)
+            if pending is not None:
+                pending.result()
+            pending = writer_thread.submit(writer.write, aligned)
+            done += len(rows)
+            if progress is not None:
+                progress(len(rows))
+        if pending is not None:
+            pending.result()
+
+
+def remove_stale_parts(products: list[Path]) -> None:
+    """Remove the temporary ``.NAME.*.part`` files that tasks killed mid-write left behind."""
+    for product in products:
+        for stale in product.parent.glob(f".{product.name}.*.part"):
+            stale.unlink(missing_ok=True)
+
+
+def relion_path(path: Path) -> str:
+    """Relative to the current directory when below it (RELION's project layout), else absolute."""
+    absolute = path.absolute()
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
