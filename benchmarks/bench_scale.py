@@ -32,7 +32,8 @@ from csplugin.synthetic.metadata import make_metadata  # noqa: E402
 
 def child(source: Path, target: Path) -> None:
     """Read, filter and convert one file; print the phase times as JSON (run in a child)."""
-    from csplugin.core.particles import open_particles, save_particles
+    from csplugin.core.native import save_particles
+    from csplugin.core.particles import open_particles
 
     times: dict[str, float] = {}
     start = time.perf_counter()

@@ -116,7 +116,8 @@ def convert(
     """Convert .cs (+passthrough) to RELION 3.1 .star, or .star to .cs, keeping alignments
     (psi = degrees(pose), origins = shift), classes (+1 / -1), CTF and helical fields.
     Stack paths are copied as written (a leading '>' is removed)."""
-    from csplugin.core.particles import open_particles, save_particles
+    from csplugin.core.native import save_particles
+    from csplugin.core.particles import open_particles
 
     _refuse_existing(output, overwrite)
     save_particles(open_particles(file, passthrough, project_dir), output)

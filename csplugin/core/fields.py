@@ -130,8 +130,10 @@ OPTICS_LABELS = (Relion.VOLTAGE, Relion.SPHERICAL_ABERRATION, Relion.AMPLITUDE_C
 #: Optics-group name prefix that carries cryoSPARC's ctf/exp_group_id through a .star file.
 GROUP_NAME = "exp_group_"
 #: RELION pose labels replaced by what csplugin writes.
-RELION_POSE_LABELS = (Relion.ANGLE_ROT, Relion.ANGLE_TILT, Relion.ANGLE_PSI, Relion.ORIGIN_X,
-                      Relion.ORIGIN_Y, Relion.ORIGIN_X_ANGST, Relion.ORIGIN_Y_ANGST)
+RELION_POSE_LABELS = (Relion.ANGLE_PSI, Relion.ORIGIN_X, Relion.ORIGIN_Y, Relion.ORIGIN_X_ANGST,
+                      Relion.ORIGIN_Y_ANGST)
+#: RELION's ZYZ Euler angles of a 3D pose (degrees).
+RELION_EULER_LABELS = (Relion.ANGLE_ROT, Relion.ANGLE_TILT, Relion.ANGLE_PSI)
 #: Fields of an in-plane (2D) alignment that must come together.
 ALIGNMENTS2D_REQUIRED = (Cs.A2D_POSE, Cs.A2D_SHIFT)
 #: Fields of a 3D alignment that must come together.

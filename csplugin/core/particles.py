@@ -1,4 +1,6 @@
-"""The normalised particle table shared by every csplugin job, and its native round trip.
+"""The normalised particle table shared by every csplugin job, read from ``.cs`` or ``.star``.
+
+Writing it back is :mod:`csplugin.core.native`.
 
 :func:`open_particles` reads a cryoSPARC ``.cs`` (merged with its passthrough by ``uid``) or a
 RELION ``.star`` and returns a :class:`ParticleTable`: one row per particle with the columns
@@ -37,34 +39,16 @@ import numpy as np
 import pandas as pd
 
 from csplugin.core import conventions as cv
+from csplugin.core.fields import CTF_FIELDS as _CTF_FIELDS
+from csplugin.core.fields import GROUP_NAME as _GROUP_NAME
+from csplugin.core.fields import OPTICS_LABELS as _OPTICS_LABELS
 from csplugin.core.images import ParticleImages
 from formats import InputError
-from formats.cs import decode, encode, find_passthrough, merge_passthrough, read_cs, write_cs
+from formats.cs import decode, find_passthrough, merge_passthrough, read_cs
 from formats.mrc import open_stack
-from formats.star import join_image_names, particle_blocks, read_star, split_image_names, write_star
+from formats.star import particle_blocks, read_star, split_image_names
 
 Kind = Literal["cs", "star"]
-
-# (cryoSPARC field, RELION label, internal column, cryoSPARC -> internal factor)
-_CTF_FIELDS: tuple[tuple[str, str, str, float], ...] = (
-    ("ctf/df1_A", "rlnDefocusU", "defocus_u", 1.0),
-    ("ctf/df2_A", "rlnDefocusV", "defocus_v", 1.0),
-    ("ctf/df_angle_rad", "rlnDefocusAngle", "defocus_angle", 180 / np.pi),
-    ("ctf/accel_kv", "rlnVoltage", "voltage", 1.0),
-    ("ctf/cs_mm", "rlnSphericalAberration", "cs", 1.0),
-    ("ctf/amp_contrast", "rlnAmplitudeContrast", "amplitude_contrast", 1.0),
-    ("ctf/phase_shift_rad", "rlnPhaseShift", "phase_shift", 180 / np.pi),
-    ("ctf/bfactor", "rlnCtfBfactor", "bfactor", 1.0),
-    ("ctf/scale", "rlnCtfScalefactor", "ctf_scale", 1.0),
-)
-#: RELION labels that belong in data_optics when writing RELION 3.1.
-_OPTICS_LABELS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
-#: Optics-group name prefix that carries cryoSPARC's ctf/exp_group_id through a .star file.
-_GROUP_NAME = "exp_group_"
-#: RELION pose labels replaced by what csplugin writes.
-_RELION_POSE_LABELS = ("rlnAnglePsi", "rlnOriginX", "rlnOriginY", "rlnOriginXAngst",
-                       "rlnOriginYAngst")
-
 
 @dataclass(frozen=True)
 class ParticleTable:
@@ -352,160 +336,3 @@ def _from_star(path: Path) -> ParticleTable:
 def _label(table: pd.DataFrame, label: str, n: int) -> np.ndarray:
     """A float64 column of a STAR table, or NaN where it is absent."""
     return table[label].to_numpy(np.float64) if label in table else np.full(n, np.nan)
-
-
-# ---------------------------------------------------------------------------------------- write
-def to_cs(table: ParticleTable) -> np.ndarray:
-    """The table as a cryoSPARC structured array ``(n,)``.
-
-    Fields csplugin understands come from the normalised columns; for a ``.cs`` input every
-    other field is carried over unchanged. ``alignments2D/psize_A`` is set to
-    ``blob/psize_A`` because shifts are written in particle pixels. Without an input
-    ``blob/sign``, ``blob/sign`` is -1 (what cryoSPARC's Import Particles writes for data
-    whose sign is not flipped), so the ``blob`` slot is complete.
-    """
-    p = table.particles
-    n = len(p)
-    pose, shift = cv.to_cryosparc_pose(p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy())
-    new: dict[str, np.ndarray] = {
-        "uid": p["uid"].to_numpy(np.uint64),
-        "blob/path": encode(p["image_path"].to_numpy(str)) if n else np.zeros(0, "S1"),
-        "blob/idx": cv.to_base(p["stack_index"].to_numpy(), cv.CRYOSPARC_BASE).astype(np.uint32),
-        "blob/shape": np.repeat(p["box"].to_numpy(np.uint32)[:, None], 2, axis=1),
-        "blob/psize_A": p["pixel_size"].to_numpy(np.float32),
-        "alignments2D/pose": pose,
-        "alignments2D/shift": shift,
-        "alignments2D/psize_A": p["pixel_size"].to_numpy(np.float32),
-    }
-    if (p["class_index"] >= 0).any():
-        new["alignments2D/class"] = cv.to_base(p["class_index"].clip(lower=0).to_numpy(),
-                                               cv.CRYOSPARC_BASE).astype(np.uint32)
-    if p["class_posterior"].notna().any():
-        new["alignments2D/class_posterior"] = p["class_posterior"].to_numpy(np.float32)
-    if p["defocus_u"].notna().any():
-        new["ctf/exp_group_id"] = p["optics_group"].to_numpy(np.uint32)
-        for cs_field, _, column, factor in _CTF_FIELDS:
-            if p[column].notna().any():
-                new[cs_field] = (p[column].to_numpy(np.float64) / factor).astype(np.float32)
-    if (p["helical_tube_id"] >= 0).any():
-        new["filament/filament_uid"] = p["helical_tube_id"].to_numpy(np.uint64)
-    if p["psi_prior"].notna().any():
-        new["filament/filament_pose"] = cv.psi_prior_to_filament_pose(p["psi_prior"]).astype(
-            np.float32)
-    if "micrograph" in p:
-        new["location/micrograph_path"] = encode(p["micrograph"].to_numpy(str))
-    native = table.native if table.kind == "cs" else None
-    if native is None or "blob/sign" not in native.dtype.names:
-        new["blob/sign"] = np.full(n, -1.0, np.float32)  # what cryoSPARC's import writes
-    descr: list[tuple[str, np.dtype, tuple[int, ...]]] = []
-    names = list(native.dtype.names) if native is not None else []
-    names += [k for k in new if k not in names]
-    for name in names:
-        if name in new:
-            value = new[name]
-            if native is not None and name in native.dtype.names and \
-                    native.dtype[name].kind == value.dtype.kind and value.dtype.kind != "S":
-                dtype = native.dtype[name].base
-            else:
-                dtype = value.dtype
-            descr.append((name, dtype, value.shape[1:]))
-        else:
-            field = native.dtype[name]
-            descr.append((name, field.base, field.shape))
-    out = np.zeros(n, dtype=descr)
-    for name in names:
-        out[name] = new[name] if name in new else native[name]
-    return out
-
-
-def to_star(table: ParticleTable) -> dict[str, pd.DataFrame]:
-    """The table as RELION 3.1 blocks ``{"optics": ..., "particles": ...}``.
-
-    Labels csplugin understands come from the normalised columns (origins in Å, psi in
-    degrees, 1-based slices and classes); for a ``.star`` input its optics table and every
-    other label are carried over unchanged, otherwise optics groups are made by
-    :func:`_optics_table`.
-    """
-    p = table.particles
-    psi, origin_px = cv.to_relion_pose(p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy())
-    origin_A = cv.origin_px_to_angstrom(origin_px, p["pixel_size"].to_numpy())
-    if table.kind == "star" and table.optics is not None:  # RELION's own groups, unchanged
-        optics, group = table.optics, table.native["rlnOpticsGroup"].to_numpy(np.int64)
-    else:
-        optics, group = _optics_table(p)
-    new: dict[str, np.ndarray] = {
-        "rlnImageName": join_image_names(cv.to_base(p["stack_index"].to_numpy(), cv.RELION_BASE),
-                                         p["image_path"].to_numpy(str)),
-        "rlnAnglePsi": psi,
-        "rlnOriginXAngst": origin_A[:, 0],
-        "rlnOriginYAngst": origin_A[:, 1],
-        "rlnOpticsGroup": group,
-    }
-    if (p["class_index"] >= 0).any():
-        new["rlnClassNumber"] = cv.to_base(p["class_index"].to_numpy(), cv.RELION_BASE)
-    if p["class_posterior"].notna().any():
-        new["rlnMaxValueProbDistribution"] = p["class_posterior"].to_numpy()
-    for _, label, column, _ in _CTF_FIELDS:
-        if label not in _OPTICS_LABELS and p[column].notna().any():
-            new[label] = p[column].to_numpy()
-    if (p["helical_tube_id"] >= 0).any():
-        new["rlnHelicalTubeID"] = p["helical_tube_id"].to_numpy()
-    if p["psi_prior"].notna().any():
-        new["rlnAnglePsiPrior"] = p["psi_prior"].to_numpy()
-    for column, label in (("micrograph", "rlnMicrographName"), ("coordinate_x", "rlnCoordinateX"),
-                          ("coordinate_y", "rlnCoordinateY")):
-        if column in p:
-            new[label] = p[column].to_numpy()
-    if table.kind == "star":
-        dropped = set(_RELION_POSE_LABELS) | {"rlnMagnification", "rlnDetectorPixelSize"}
-        dropped |= set(_OPTICS_LABELS)  # they live in data_optics now
-        particles = table.native.drop(columns=[c for c in table.native if c in dropped])
-        particles = particles.reset_index(drop=True)
-        for label, values in new.items():
-            particles[label] = values
-    else:
-        particles = pd.DataFrame(new)
-    return {"optics": optics, "particles": particles}
-
-
-def _optics_table(p: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """RELION optics groups for particles that come without them.
-
-    One group per (cryoSPARC ``exp_group_id``, pixel size, box), numbered 1..G and named
-    ``exp_group_<id>`` so that reading the file back restores ``exp_group_id``.
-
-    Returns
-    -------
-    (optics, group)
-        The ``data_optics`` table and ``(n,)`` group numbers.
-    """
-    keys = p[["optics_group", "pixel_size", "box"]].astype({"optics_group": np.int64})
-    first = keys.drop_duplicates().sort_values(list(keys.columns))  # index: a row of each group
-    rows = first.index.to_numpy()
-    number = pd.Series(np.arange(1, len(first) + 1), index=pd.MultiIndex.from_frame(first))
-    group = number.loc[pd.MultiIndex.from_frame(keys)].to_numpy(np.int64) if len(p) else \
-        np.zeros(0, np.int64)
-    optics = pd.DataFrame({
-        "rlnOpticsGroup": np.arange(1, len(first) + 1),
-        "rlnOpticsGroupName": [f"{_GROUP_NAME}{g}" for g in first["optics_group"]],
-        "rlnImagePixelSize": first["pixel_size"].to_numpy(),
-        "rlnImageSize": first["box"].to_numpy(),
-        "rlnImageDimensionality": 2,
-    })
-    for _, label, column, _ in _CTF_FIELDS:
-        if label in _OPTICS_LABELS:
-            optics[label] = p[column].to_numpy()[rows]
-    if p["ctf_premultiplied"].any():
-        optics["rlnCtfDataAreCtfPremultiplied"] = p["ctf_premultiplied"].to_numpy(int)[rows]
-    return optics.dropna(axis=1, how="all"), group
-
-
-def save_particles(table: ParticleTable, path: str | Path) -> None:
-    """Write the table as ``.star`` (RELION 3.1) or ``.cs`` (numpy encoding), by suffix."""
-    path = Path(path)
-    if path.suffix == ".star":
-        write_star(path, to_star(table))
-    elif path.suffix == ".cs":
-        write_cs(path, to_cs(table))
-    else:
-        raise InputError(path, "has an unknown output suffix", "name the output .star or .cs")

@@ -32,7 +32,8 @@ import numpy as np
 
 from csplugin.core import conventions as cv
 from csplugin.core.images import check_stacks, iter_chunks
-from csplugin.core.particles import ParticleTable, save_particles
+from csplugin.core.native import save_particles
+from csplugin.core.particles import ParticleTable
 from csplugin.engines.transform import INTERPOLATIONS, align_images
 from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
 from formats import InputError

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from csplugin.core.images import check_stacks, read_chunk
-from csplugin.core.particles import open_particles, to_cs, to_star
+from csplugin.core.native import to_cs, to_star
+from csplugin.core.particles import open_particles
 from formats import InputError
 from formats.cs import merge_passthrough, read_cs, write_cs
 from formats.mrc import StackWriter, open_stack
