@@ -179,14 +179,55 @@ def make_job(outdir: str | Path, n_per_class: int = 200, box: int = 96,
     truth = np.concatenate([render(m, box) for m in models]).astype(np.float32)
     write_stack(project / "J3" / "J3_020_class_averages.mrc", truth, pixel_size)
 
+    particles_cs, passthrough_cs, particles_star = write_particle_metadata(
+        project, rng, paths, index, stack_of, angles, shifts, classes, pixel_size, box)
+    return SyntheticJob(project, particles_cs, passthrough_cs, particles_star,
+                        project / "J3" / "J3_020_class_averages.mrc", angles, shifts, classes,
+                        pixel_size, box)
+
+
+def write_particle_metadata(project: Path, rng: np.random.Generator, paths: np.ndarray,
+                            index: np.ndarray, stack_of: np.ndarray, angles: np.ndarray,
+                            shifts: np.ndarray, classes: np.ndarray, pixel_size: float, box: int,
+                            *, extra_cs: dict[str, tuple[str, np.ndarray]] | None = None,
+                            extra_star: dict[str, np.ndarray] | None = None
+                            ) -> tuple[Path, Path, Path]:
+    """Write the particle metadata of a synthetic 2D job (stacks already written).
+
+    Writes ``J3/J3_020_particles.cs`` (blob + alignments2D), ``J3/J3_passthrough_particles.cs``
+    (CTF + location, rows permuted so a merge must use ``uid``) and ``particles.star``
+    (RELION 3.1, paths relative to ``project``), with random CTF, posteriors and locations
+    drawn from ``rng``.
+
+    Parameters
+    ----------
+    project
+        The cryoSPARC project directory.
+    paths, index, stack_of
+        ``(n,)`` stack path (relative to ``project``), 0-based slice and stack number.
+    angles, shifts, classes
+        ``(n,)`` internal θ (rad), ``(n, 2)`` internal s (px), ``(n,)`` 0-based classes.
+    extra_cs
+        More fields of the main ``.cs``: name -> (numpy dtype string, ``(n,)`` values).
+    extra_star
+        More ``data_particles`` columns: name -> ``(n,)`` values.
+
+    Returns
+    -------
+    (particles_cs, passthrough_cs, particles_star)
+    """
+    n = len(angles)
     uid = rng.choice(2**62, n, replace=False).astype(np.uint64)
-    main = np.zeros(n, dtype=[
+    fields = [
         ("uid", "<u8"), ("blob/path", f"S{max(map(len, paths))}"), ("blob/idx", "<u4"),
         ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"), ("blob/sign", "<f4"),
         ("alignments2D/split", "<u4"), ("alignments2D/shift", "<f4", (2,)),
         ("alignments2D/pose", "<f4"), ("alignments2D/psize_A", "<f4"),
         ("alignments2D/class_posterior", "<f4"), ("alignments2D/class", "<u4"),
-    ])
+    ] + [(name, dtype) for name, (dtype, _) in (extra_cs or {}).items()]
+    main = np.zeros(n, dtype=fields)
+    for name, (_, values) in (extra_cs or {}).items():
+        main[name] = values
     main["uid"], main["blob/path"], main["blob/idx"] = uid, encode(paths), index
     main["blob/shape"], main["blob/psize_A"], main["blob/sign"] = box, pixel_size, -1.0
     main["alignments2D/shift"], main["alignments2D/pose"] = shifts, angles
@@ -231,8 +272,8 @@ def make_job(outdir: str | Path, n_per_class: int = 200, box: int = 96,
         "rlnOriginYAngst": shifts[:, 1] * np.float32(pixel_size),
         "rlnClassNumber": classes + 1, "rlnOpticsGroup": 1,
     })
+    for name, values in (extra_star or {}).items():
+        star[name] = values
     particles_star = project / "particles.star"
     write_star(particles_star, {"optics": optics, "particles": star})
-    return SyntheticJob(project, particles_cs, passthrough_cs, particles_star,
-                        project / "J3" / "J3_020_class_averages.mrc", angles, shifts, classes,
-                        pixel_size, box)
+    return particles_cs, passthrough_cs, particles_star
