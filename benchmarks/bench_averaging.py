@@ -90,7 +90,7 @@ def make_set(root: Path, n: int, box: int, n_classes: int, snr: float, shift_std
 
 
 def disc_corr(a: np.ndarray, b: np.ndarray) -> float:
-    from csplugin.jobs.class_averages import correlation
+    from csplugin.engines.correlation import disc_correlation as correlation
 
     return correlation(a, b)
 

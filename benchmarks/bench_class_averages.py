@@ -109,7 +109,7 @@ def spawn(*args: str) -> dict:
 
 
 def relion_agreement(relion_out: Path, linear_out: Path) -> float:
-    from csplugin.jobs.class_averages import correlation
+    from csplugin.engines.correlation import disc_correlation as correlation
     from formats.mrc import open_stack
 
     ours = open_stack(linear_out / "class_averages.mrcs").read(range(3))

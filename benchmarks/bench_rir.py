@@ -40,8 +40,13 @@ import time
 
 import numpy as np
 
-from csplugin.synthetic.views import (Simulation, atom_volume, mirror_agreement, neighbor_angles,
-                                      simulate)
+from csplugin.synthetic.views import (
+    Simulation,
+    atom_volume,
+    mirror_agreement,
+    neighbor_angles,
+    simulate,
+)
 
 
 def describe(angles: np.ndarray) -> str:

@@ -2,7 +2,7 @@
 
 This package knows file syntax and each program's native structures only. It does no image
 maths and imports nothing from :mod:`csplugin`; the conversion between native fields and
-csplugin's normalised particle table lives in :mod:`csplugin.conventions`.
+csplugin's normalised particle table lives in :mod:`csplugin.core.conventions`.
 """
 
 from formats.errors import InputError

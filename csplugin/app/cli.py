@@ -367,21 +367,16 @@ def class_averages_cmd(
         raise InputError(None, "--select runs in this process", "drop --scheduler/--workers")
     if select is not None:
         from csplugin.averaging.selection import particles_to_average, selection_source
-        from csplugin.jobs.class_averages import output_paths
-        from csplugin.jobs.export_aligned import prepare_outdir
+        from csplugin.jobs.class_averages import selected_class_averages
 
-        if compare is not None:
-            raise InputError(None, "--compare needs the class order", "drop --select")
-        if keep is not None and keep < 1:
-            raise InputError(None, f"--keep {keep} must be >= 1", "e.g. --keep 20")
-        prepare_outdir(outdir, list(output_paths(outdir).values()), overwrite)
         source = selection_source(table, select, repulsion=repulsion, stacker=stacker,
                                   sigma=sigma, percentile=percentile, weights=weights, ctf=ctf,
                                   wiener_snr=wiener_snr, interpolation=interpolation,
                                   spill_dir=outdir)
         with _progress(quiet, "averaging", particles_to_average(source, keep)) as advance:
-            source.averager.progress = advance
-            saved = source.save(outdir, keep, invert_contrast=invert_contrast, overwrite=True)
+            saved = selected_class_averages(source, outdir, keep=keep, compare=compare,
+                                            invert_contrast=invert_contrast,
+                                            overwrite=overwrite, progress=advance)
         numbers = saved.labels + table.class_base
         for label, number in zip(saved.labels.tolist(), numbers):
             if label in source.averager.snr:

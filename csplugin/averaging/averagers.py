@@ -1,13 +1,13 @@
 """Averagers: ``averager.average(class_indices, class_refl, keys) -> (k, L, L)`` class averages.
 
 Every averager is ``Averager(src, image_stacker=None, **options)`` and averages in pixel
-space through the class-averages job's engine (:func:`csplugin.jobs.class_averages.average_class`):
+space through the class-averages job's engine (:func:`csplugin.averaging.engine.average_class`):
 members are read in chunks, mirrored if flagged, aligned in one resampling step
 ``A(q) = P(R(-θ) q - s)`` (:mod:`csplugin.core.conventions`), optionally CTF-corrected, and
 stacked **per pixel** by ``image_stacker`` (any :class:`~csplugin.engines.stackers.ImageStacker`;
 default :class:`~csplugin.engines.stackers.MeanImageStacker`, streamed). Memory per class: two
 particle chunks, plus one pixel tile for order-statistic stackers (the aligned class is
-spilled once to a temporary file in ``spill_dir``, see :mod:`csplugin.jobs.class_averages`).
+spilled once to a temporary file in ``spill_dir``, see :mod:`csplugin.averaging.engine`).
 
 Options (keyword, all averagers)
 --------------------------------
@@ -19,7 +19,7 @@ Options (keyword, all averagers)
 ``interpolation``
     ``"cubic"`` (default) or ``"linear"``.
 ``chunk_size``, ``tile_bytes``, ``spill_dir``
-    Streaming parameters (see :class:`~csplugin.jobs.class_averages.AveragingPlan`).
+    Streaming parameters (see :class:`~csplugin.averaging.engine.AveragingPlan`).
 
 :class:`AligningAverager2D` splits averaging into :meth:`~AligningAverager2D.align` (find
 ``(θ, s)`` per member) and stacking with those alignments, and keeps the results per class
@@ -40,16 +40,16 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from csplugin.averaging.classes import Ragged
-from csplugin.core.particles import ParticleTable
-from csplugin.engines.stackers import ImageStacker, MeanImageStacker
-from csplugin.engines.transform import INTERPOLATIONS
-from csplugin.jobs.class_averages import (
+from csplugin.averaging.engine import (
     CTF_MODES,
     AveragingPlan,
     average_class,
     check_ctf,
     particle_weights,
 )
+from csplugin.core.particles import ParticleTable
+from csplugin.engines.stackers import ImageStacker, MeanImageStacker
+from csplugin.engines.transform import INTERPOLATIONS
 
 __all__ = ["Averager2D", "AligningAverager2D", "StoredAlignmentAverager2D", "Rows"]
 

@@ -15,18 +15,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from csplugin.averaging.classes import ClassTable, Ragged
+from csplugin.core.conventions import disc_mask
 from csplugin.core.images import iter_chunks
 from csplugin.core.particles import ParticleTable
 from csplugin.engines.transform import align_images
 from formats import InputError
 
-__all__ = ["Class2D", "StoredClass2D", "PrecomputedClass2D", "disc_mask"]
-
-
-def disc_mask(box: int) -> np.ndarray:
-    """``(N, N)`` bool: pixels inside the inscribed disc, ``x² + y² < (N/2)²`` from ``N//2``."""
-    y, x = np.mgrid[:box, :box] - box // 2
-    return x**2 + y**2 < (box / 2) ** 2
+__all__ = ["Class2D", "StoredClass2D", "PrecomputedClass2D"]
 
 
 class Class2D(ABC):

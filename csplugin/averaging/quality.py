@@ -18,6 +18,8 @@ import numpy as np
 import scipy.fft as sfft
 from numpy.typing import ArrayLike
 
+from csplugin.core.conventions import centred_grid
+
 __all__ = [
     "ImageQualityFunction",
     "VarianceImageQualityFunction",
@@ -50,7 +52,7 @@ class ImageQualityFunction(ABC):
     def radius(self, box: int) -> np.ndarray:
         """``(L, L)`` normalised radius ``r`` (module docstring), cached per instance."""
         if box not in self._grid_cache:
-            y, x = np.mgrid[:box, :box] - box // 2
+            y, x = centred_grid(box)
             self._grid_cache[box] = np.hypot(x, y) / (box / 2)
         return self._grid_cache[box]
 

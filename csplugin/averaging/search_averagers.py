@@ -37,13 +37,13 @@ from csplugin.averaging.averagers import AligningAverager2D, Rows, _rows
 from csplugin.averaging.search_kernels import (
     bfs_rc_search,
     bfsr_search,
-    disc_correlations,
     rc_search,
     shift_grid,
 )
 from csplugin.core import conventions as cv
 from csplugin.core.images import iter_chunks
 from csplugin.core.particles import ParticleTable
+from csplugin.engines.correlation import disc_correlations
 from csplugin.engines.stackers import ImageStacker
 from csplugin.engines.transform import align_images
 

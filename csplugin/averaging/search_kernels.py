@@ -29,11 +29,10 @@ import numpy as np
 import scipy.fft as sfft
 from numba import njit, prange
 
-from csplugin.averaging.classifiers import disc_mask
 from csplugin.engines.transform import align_images
 
 __all__ = ["shift_grid", "polar_samples", "rotational_search", "rotational_correlation",
-           "bfsr_search", "rc_search", "bfs_rc_search", "disc_correlations"]
+           "bfsr_search", "rc_search", "bfs_rc_search"]
 
 
 def shift_grid(radius: float) -> np.ndarray:
@@ -352,16 +351,3 @@ def bfs_rc_search(images: np.ndarray, reference: np.ndarray, origins: np.ndarray
     best = np.argmax(np.nan_to_num(scores, nan=-np.inf).reshape(m, 2 * n_j), axis=1)
     rows, j, which = np.arange(m), best // 2, best % 2
     return candidates[rows, j, which], trials[rows, j]
-
-
-def disc_correlations(reference: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """Pearson correlation inside the inscribed disc of each of ``images`` ``(m, L, L)`` with
-    ``reference`` ``(L, L)``: ``(m,)`` float64 (NaN for a constant image)."""
-    disc = np.flatnonzero(disc_mask(reference.shape[-1]))
-    t = reference.ravel()[disc].astype(np.float64)
-    t -= t.mean()
-    a = np.asarray(images, np.float32).reshape(len(images), -1)[:, disc]
-    total = a.sum(axis=1, dtype=np.float64)
-    power = np.einsum("ij,ij->i", a, a, dtype=np.float64) - total**2 / disc.size
-    with np.errstate(divide="ignore", invalid="ignore"):  # Σ a t̃ = Σ (a - ā) t̃ as Σ t̃ = 0
-        return (a @ t.astype(np.float32)).astype(np.float64) / np.sqrt(power * (t @ t))

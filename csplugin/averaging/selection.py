@@ -14,11 +14,11 @@ import numpy as np
 
 from csplugin.averaging.averagers import StoredAlignmentAverager2D
 from csplugin.averaging.classifiers import StoredClass2D
+from csplugin.averaging.engine import check_options, make_stacker, particle_weights
 from csplugin.averaging.selectors import SELECTIONS, GlobalClassSelector, make_selector
 from csplugin.averaging.sources import ClassAvgSource
 from csplugin.core import conventions as cv
 from csplugin.core.particles import ParticleTable
-from csplugin.jobs.class_averages import check_options, make_stacker, particle_weights
 from formats import InputError
 
 __all__ = ["selection_source", "particles_to_average"]

@@ -31,8 +31,8 @@ from csplugin.averaging.selectors import (
     TopClassSelector,
 )
 from csplugin.core.particles import ParticleTable
-from csplugin.jobs.class_averages import output_paths, write_averages
 from csplugin.jobs.export_aligned import prepare_outdir
+from csplugin.outputs.averages import output_paths, write_averages
 
 __all__ = ["ClassAvgSource", "DebugClassAvgSource", "DefaultClassAvgSource", "SavedAverages"]
 

@@ -57,12 +57,50 @@ cryoSPARC                      RELION                           internal column
 ``location/micrograph_path``   ``rlnMicrographName``             ``micrograph``
 ``location/center_{x,y}_frac`` ``rlnCoordinateX/Y`` (px)         ``coordinate_x/y`` (px)
  × ``micrograph_shape[1,0]``
+``alignments3D/pose``          ``rlnAngleRot/Tilt/Psi`` (deg)    ``euler_rot/tilt/psi``
+``alignments3D/shift``         ``rlnOriginX/YAngst``             ``shift3d_x/y`` (px)
+``alignments3D/class``         ``rlnClassNumber`` (+1)           ``class3d_index``
+``alignments3D/split``         ``rlnRandomSubset`` (+1)          ``random_subset`` (1/2)
+``uid``                        ``rlnCsPluginUid`` (csplugin's)   ``uid``
 =============================  ===============================  =======================
+
+3D alignments (cryoSPARC refinements)
+-------------------------------------
+``alignments3D/pose`` is a rotation vector ``r`` (axis × angle, radians); let
+``R(r) = exp([r]×)`` be its rotation matrix (Rodrigues; ``scipy`` ``Rotation.from_rotvec``).
+RELION's Euler angles (rot, tilt, psi), ZYZ, define ``A = Euler_angles2matrix(rot, tilt, psi)``
+(``src/euler.cpp``) with ``A = (Rz(rot) Ry(tilt) Rz(psi))^T``, the transpose of the active
+intrinsic ZYZ rotation. The two are related by
+
+.. math::
+
+    A(\mathrm{rot}, \mathrm{tilt}, \mathrm{psi}) = R(r)^T,
+    \qquad\text{i.e.}\qquad R(r) = R_z(\mathrm{rot})\,R_y(\mathrm{tilt})\,R_z(\mathrm{psi}),
+
+which is what pyem's ``csparc2star`` does (``geom.expmap`` builds ``R(r)^T``, then
+``rot2euler`` decomposes it with RELION's convention). It agrees with the 2D mapping: an
+in-plane pose ``r = (0, 0, θ)`` gives ``rot + psi = +degrees(θ)``, tilt 0. Shifts are as in
+2D: origin = +``alignments3D/shift`` × ``alignments3D/psize_A`` / ``blob/psize_A`` (px), no
+sign flip (pyem copies the shift to ``rlnOriginX/Y``). Classes and half-sets are 0-based in
+cryoSPARC, 1-based in RELION.
+
+Coordinates: ``rlnCoordinateX = center_x_frac × micrograph_shape[1]`` and
+``rlnCoordinateY = center_y_frac × micrograph_shape[0]`` (``micrograph_shape`` is
+``[ny, nx]``), both counted from the first pixel of the micrograph file. pyem's
+csparc2star additionally flips y (``1 - center_y_frac``) by default, for micrographs that
+RELION's motion correction wrote flipped relative to cryoSPARC's; csplugin does not guess that.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import pandas as pd
+from scipy.spatial.transform import Rotation
+
+from csplugin.core.fields import Cs, Relion
+from formats import InputError
 
 #: 1-based numbering in RELION (N@stack, rlnClassNumber, rlnOpticsGroup); 0-based in cryoSPARC.
 RELION_BASE = 1
@@ -197,3 +235,184 @@ def mirror_y(images: np.ndarray) -> np.ndarray:
     else:
         out[..., 1:, :] = images[..., :0:-1, :]
     return out
+
+
+def centred_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates relative to the box centre: ``(y, x)``, each ``(N, N)`` int,
+    ``y = row - N//2``, ``x = col - N//2`` (the frame every rotation here is about)."""
+    y, x = np.mgrid[:size, :size]
+    return y - size // 2, x - size // 2
+
+
+def disc_mask(size: int, radius: float | None = None) -> np.ndarray:
+    """``(N, N)`` bool: pixels strictly inside the disc ``x² + y² < radius²`` about
+    ``(N//2, N//2)``; ``radius`` defaults to ``N/2`` (the inscribed disc)."""
+    y, x = centred_grid(size)
+    return x**2 + y**2 < (size / 2 if radius is None else radius) ** 2
+
+
+
+# ------------------------------------------------------------------------------ 3D alignments
+def rotvec_to_relion_euler(rotvec: np.ndarray) -> np.ndarray:
+    """Convert cryoSPARC ``alignments3D/pose`` ``(n, 3)`` rotation vectors (rad) -> RELION
+    (rot, tilt, psi) ``(n, 3)`` degrees, such that ``relion_euler_matrix(result) = R(r)^T``
+    (see the module docstring). tilt is in [0, 180]; at tilt 0 or 180 (gimbal lock) rot is 0.
+    """
+    rotvec = np.asarray(rotvec, np.float64).reshape(-1, 3)
+    if not len(rotvec):
+        return np.zeros((0, 3))
+    with warnings.catch_warnings():  # gimbal lock: scipy sets the third angle to 0 and warns
+        warnings.simplefilter("ignore", UserWarning)
+        zyz = Rotation.from_rotvec(rotvec).as_euler("ZYZ", degrees=True)
+    locked = np.isclose(zyz[:, 1], 0.0, atol=1e-9) | np.isclose(zyz[:, 1], 180.0, atol=1e-9)
+    if locked.any():  # put the whole in-plane angle in psi, as RELION's decomposition does
+        sign = np.where(zyz[locked, 1] > 90, -1.0, 1.0)
+        zyz[locked, 2] += sign * zyz[locked, 0]
+        zyz[locked, 0] = 0.0
+        zyz[locked, 2] = (zyz[locked, 2] + 180.0) % 360.0 - 180.0
+    return zyz
+
+
+def relion_euler_to_rotvec(euler_deg: np.ndarray) -> np.ndarray:
+    """RELION (rot, tilt, psi) ``(n, 3)`` degrees -> cryoSPARC rotation vectors ``(n, 3)``
+    radians (the inverse of :func:`rotvec_to_relion_euler`), float32."""
+    euler_deg = np.asarray(euler_deg, np.float64).reshape(-1, 3)
+    if not len(euler_deg):
+        return np.zeros((0, 3), np.float32)
+    return Rotation.from_euler("ZYZ", euler_deg, degrees=True).as_rotvec().astype(np.float32)
+
+
+def relion_euler_matrix(euler_deg: np.ndarray) -> np.ndarray:
+    """RELION's ``Euler_angles2matrix`` for ``(n, 3)`` (rot, tilt, psi) degrees -> ``(n, 3, 3)``."""
+    euler_deg = np.asarray(euler_deg, np.float64).reshape(-1, 3)
+    return Rotation.from_euler("ZYZ", euler_deg, degrees=True).as_matrix().transpose(0, 2, 1)
+
+
+def split_to_random_subset(split: np.ndarray) -> np.ndarray:
+    """Map cryoSPARC half-set ``alignments3D/split`` (0/1) -> RELION ``rlnRandomSubset`` (1/2)."""
+    return np.asarray(split, np.int64) + 1
+
+
+def random_subset_to_split(subset: np.ndarray) -> np.ndarray:
+    """RELION ``rlnRandomSubset`` (1/2) -> cryoSPARC ``alignments3D/split`` (0/1)."""
+    return np.asarray(subset, np.int64) - 1
+
+
+def coordinates_to_location(x: np.ndarray, y: np.ndarray, micrograph_shape: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """``rlnCoordinateX/Y`` (px) -> ``location/center_x_frac``, ``center_y_frac`` given
+    ``(n, 2)`` ``location/micrograph_shape`` ``[ny, nx]`` (inverse of the reader's mapping)."""
+    shape = np.asarray(micrograph_shape, np.float64).reshape(-1, 2)
+    return (np.asarray(x, np.float64) / shape[:, 1]).astype(np.float32), \
+        (np.asarray(y, np.float64) / shape[:, 0]).astype(np.float32)
+
+
+# --------------------------------------------------------------- reading hooks (native -> table)
+#: Pairs of fields that only mean something together: (field, its partner).
+_PAIRED: tuple[tuple[str, str], ...] = (
+    (Cs.A2D_POSE, Cs.A2D_SHIFT), (Cs.A2D_SHIFT, Cs.A2D_POSE),
+    (Cs.A3D_POSE, Cs.A3D_SHIFT), (Cs.A3D_SHIFT, Cs.A3D_POSE),
+    (Relion.ORIGIN_X, Relion.ORIGIN_Y), (Relion.ORIGIN_Y, Relion.ORIGIN_X),
+    (Relion.ORIGIN_X_ANGST, Relion.ORIGIN_Y_ANGST), (Relion.ORIGIN_Y_ANGST, Relion.ORIGIN_X_ANGST),
+    (Relion.ANGLE_ROT, Relion.ANGLE_TILT), (Relion.ANGLE_TILT, Relion.ANGLE_ROT),
+)
+
+
+def check_alignments(names: object, path: object) -> None:
+    """Refuse partial alignments: a pose without its shift, a shift without its pose, one
+    origin without the other, rot without tilt.
+
+    Parameters
+    ----------
+    names
+        The ``.cs`` field names or ``.star`` particle labels.
+    path
+        The file, for the message.
+
+    Raises
+    ------
+    InputError
+        Naming the missing field.
+    """
+    present = set(names)
+    for field, partner in _PAIRED:
+        if field in present and partner not in present:
+            raise InputError(path, f"has '{field}' but no '{partner}', so its alignment is "
+                             "incomplete", f"add '{partner}' (or remove '{field}')")
+
+
+def has_relion_3d_pose(particles: pd.DataFrame) -> bool:
+    """Whether a STAR particle table stores 3D poses: rlnAngleRot and rlnAngleTilt present
+    and not all zero (2D files sometimes carry them as zero columns)."""
+    if not {Relion.ANGLE_ROT, Relion.ANGLE_TILT} <= set(particles):
+        return False
+    angles = particles[[Relion.ANGLE_ROT, Relion.ANGLE_TILT]].to_numpy(np.float64)
+    return bool(len(angles)) and bool(np.any(angles != 0))
+
+
+def alignments3d_columns(native: np.ndarray | pd.DataFrame, p: pd.DataFrame
+                         ) -> dict[str, np.ndarray]:
+    """Normalised 3D-alignment columns of a ``.cs`` structured array or ``.star`` particle
+    table; ``{}`` when the input stores no 3D pose.
+
+    Columns: ``euler_rot``, ``euler_tilt``, ``euler_psi`` (RELION ZYZ, degrees),
+    ``shift3d_x``, ``shift3d_y`` (pixels of the particle image, RELION origin sign),
+    ``class3d_index`` (0-based, -1 where absent) and ``random_subset`` (1/2, 0 where absent).
+    ``p`` is the normalised table built so far (its ``pixel_size`` converts Å origins).
+    """
+    n = len(p)
+    pixel_size = p["pixel_size"].to_numpy(np.float64)
+    if isinstance(native, np.ndarray):
+        names = set(native.dtype.names or ())
+        if Cs.A3D_POSE not in names:
+            return {}
+        euler = rotvec_to_relion_euler(native[Cs.A3D_POSE])
+        psize = native[Cs.A3D_PSIZE].astype(np.float64) if Cs.A3D_PSIZE in names \
+            else pixel_size
+        scale = psize / pixel_size
+        shift = native[Cs.A3D_SHIFT].astype(np.float64).reshape(-1, 2) * scale[:, None]
+        klass = native[Cs.A3D_CLASS].astype(np.int64) - CRYOSPARC_BASE if Cs.A3D_CLASS in names \
+            else np.full(n, -1)
+        subset = split_to_random_subset(native[Cs.A3D_SPLIT]) if Cs.A3D_SPLIT in names \
+            else np.zeros(n, np.int64)
+    else:
+        if not has_relion_3d_pose(native):
+            return {}
+        euler = native[[Relion.ANGLE_ROT, Relion.ANGLE_TILT]].to_numpy(np.float64)
+        psi = native[Relion.ANGLE_PSI].to_numpy(np.float64) if Relion.ANGLE_PSI in native \
+            else np.zeros(n)
+        euler = np.column_stack([euler, psi])
+        if {Relion.ORIGIN_X_ANGST, Relion.ORIGIN_Y_ANGST} <= set(native):
+            shift = origin_angstrom_to_px(native[[Relion.ORIGIN_X_ANGST, Relion.ORIGIN_Y_ANGST]],
+                                          pixel_size)
+        elif {Relion.ORIGIN_X, Relion.ORIGIN_Y} <= set(native):
+            shift = native[[Relion.ORIGIN_X, Relion.ORIGIN_Y]].to_numpy(np.float64)
+        else:
+            shift = np.zeros((n, 2))
+        klass = native[Relion.CLASS_NUMBER].to_numpy(np.int64) - RELION_BASE \
+            if Relion.CLASS_NUMBER in native else np.full(n, -1)
+        subset = native[Relion.RANDOM_SUBSET].to_numpy(np.int64) \
+            if Relion.RANDOM_SUBSET in native else np.zeros(n, np.int64)
+    return {"euler_rot": euler[:, 0], "euler_tilt": euler[:, 1], "euler_psi": euler[:, 2],
+            "shift3d_x": shift[:, 0], "shift3d_y": shift[:, 1], "class3d_index": klass,
+            "random_subset": subset}
+
+
+def native_columns(native: np.ndarray | pd.DataFrame, p: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The reader's hook: normalised columns that :mod:`csplugin.core.native` writes back.
+
+    :func:`alignments3d_columns`, plus ``uid`` from csplugin's ``rlnCsPluginUid`` column
+    of a ``.star`` that csplugin wrote from a ``.cs`` (so the uids still match the passthrough).
+    """
+    columns = alignments3d_columns(native, p)
+    if isinstance(native, pd.DataFrame) and Relion.CSPLUGIN_UID in native:
+        columns["uid"] = uid_from_star(native[Relion.CSPLUGIN_UID])
+    return columns
+
+
+def uid_from_star(values: pd.Series) -> np.ndarray:
+    """``rlnCsPluginUid`` values (uint64 written as decimal integers) -> uint64, exactly,
+    whatever dtype the STAR parser gave them (int64, uint64 or text)."""
+    if values.dtype.kind in "iu":
+        return values.to_numpy().astype(np.uint64)
+    return np.array([int(str(v)) for v in values], dtype=np.uint64)

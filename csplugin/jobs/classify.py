@@ -36,7 +36,8 @@ from csplugin.averaging.rir.classifier import RIRClass2D
 from csplugin.averaging.rir.clustering import aligned_kmeans, network_means
 from csplugin.core.native import save_particles
 from csplugin.core.particles import ParticleTable
-from csplugin.jobs.export_aligned import prepare_outdir, relion_path
+from csplugin.jobs.export_aligned import prepare_outdir
+from csplugin.outputs.paths import relion_path
 from formats import InputError
 
 

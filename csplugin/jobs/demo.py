@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from csplugin.core.particles import open_particles
-from csplugin.jobs.class_averages import correlation
+from csplugin.engines.correlation import disc_correlation
 from csplugin.jobs.export_aligned import export_aligned
 from csplugin.jobs.power_spectrum import SpectrumOptions, power_spectra
 from csplugin.synthetic import make_job
@@ -40,7 +40,7 @@ def run_demo(outdir: str | Path, n_per_class: int = 300, box: int = 128,
     for k in range(3):
         mean = stacks[".cs"][aligned.particles["class_index"].to_numpy() == k].mean(axis=0)
         yield (f"  class {k}: mean of {n_per_class} aligned particles vs true class image: "
-               f"correlation in the disc {correlation(mean, truth[k]):.4f}")
+               f"correlation in the disc {disc_correlation(mean, truth[k]):.4f}")
     spectra_dir = outdir / "power_spectra"
     result = power_spectra(open_particles(job.particles_cs), spectra_dir,
                            SpectrumOptions(axis="vertical"), overwrite=True)

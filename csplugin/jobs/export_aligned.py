@@ -36,6 +36,7 @@ from csplugin.core.native import save_particles
 from csplugin.core.particles import ParticleTable
 from csplugin.engines.transform import INTERPOLATIONS, align_images
 from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
+from csplugin.outputs.paths import relion_path
 from formats import InputError
 from formats.mrc import Stack, StackWriter
 
@@ -199,12 +200,3 @@ def remove_stale_parts(products: list[Path]) -> None:
     for product in products:
         for stale in product.parent.glob(f".{product.name}.*.part"):
             stale.unlink(missing_ok=True)
-
-
-def relion_path(path: Path) -> str:
-    """Relative to the current directory when below it (RELION's project layout), else absolute."""
-    absolute = path.absolute()
-    try:
-        return str(absolute.relative_to(Path.cwd()))
-    except ValueError:
-        return str(absolute)

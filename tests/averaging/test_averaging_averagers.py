@@ -22,11 +22,12 @@ from csplugin.averaging import (
     StoredClass2D,
     WinsorizedImageStacker,
 )
+from csplugin.averaging.engine import make_stacker
 from csplugin.core import conventions as cv
 from csplugin.core.images import check_stacks, read_chunk
 from csplugin.core.particles import ParticleTable
 from csplugin.engines.transform import align_images
-from csplugin.jobs.class_averages import class_averages, make_stacker
+from csplugin.jobs.class_averages import class_averages
 from csplugin.synthetic import SyntheticJob, make_job
 from formats.mrc import open_stack, write_stack
 

@@ -13,7 +13,7 @@ from csplugin.averaging import (
     Ragged,
     StoredClass2D,
 )
-from csplugin.averaging.classifiers import disc_mask
+from csplugin.core.conventions import disc_mask
 from csplugin.core.images import check_stacks, read_chunk
 from csplugin.core.particles import ParticleTable
 from csplugin.engines.transform import align_images

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from csplugin.averaging.engine import FALLBACK_SNR, estimate_snr
 from csplugin.core.images import check_stacks, read_chunk
 from csplugin.core.particles import ParticleTable, open_particles
+from csplugin.engines.correlation import disc_correlation as correlation
 from csplugin.engines.ctf import WienerAccumulator, ctf_2d
 from csplugin.engines.stackers import MedianImageStacker
 from csplugin.engines.transform import align_images
-from csplugin.jobs.class_averages import FALLBACK_SNR, class_averages, correlation, estimate_snr
+from csplugin.jobs.class_averages import class_averages
 from csplugin.synthetic import SyntheticJob, make_job
 from formats import InputError
 from formats.cs import read_cs

@@ -44,6 +44,8 @@ from numpy.typing import NDArray
 from scipy.fft import fft, next_fast_len, rfft
 from scipy.special import jn_zeros, jv
 
+from csplugin.core.conventions import centred_grid
+
 #: Largest usable band limit (cycles/pixel).
 NYQUIST = 0.5
 #: Images per block of the expansion (their transposed pixels stay in cache).
@@ -316,7 +318,7 @@ class FBBasis:
             ``(n, N, N)`` float64 images, zero outside the disc.
         """
         coefs = np.atleast_2d(coefs)
-        y, x = np.mgrid[: self.size, : self.size] - self.size // 2
+        y, x = centred_grid(self.size)
         r, theta = np.hypot(x, y).ravel(), np.arctan2(y, x).ravel()
         inside = r < self.radius
         phi = np.zeros((self.size**2, self.count), np.complex128)

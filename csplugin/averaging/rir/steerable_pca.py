@@ -46,6 +46,7 @@ from numpy.typing import NDArray
 from scipy.linalg import eigh
 
 from csplugin.averaging.rir.fb_basis import FBBasis
+from csplugin.core.conventions import disc_mask
 
 #: Tracy–Widom scales a kept eigenvalue must exceed the Marchenko–Pastur edge by.
 TRACY_WIDOM_MARGIN = 3.0
@@ -53,8 +54,7 @@ TRACY_WIDOM_MARGIN = 3.0
 
 def outside_disc(size: int, radius: float) -> NDArray[np.bool_]:
     """``(N, N)`` bool: pixels at distance ``≥ radius`` from ``(N//2, N//2)``."""
-    y, x = np.mgrid[:size, :size] - size // 2
-    return x**2 + y**2 >= radius**2
+    return ~disc_mask(size, radius)
 
 
 class NoiseEstimator:
