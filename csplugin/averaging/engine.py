@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ import pandas as pd
 from csplugin.core import conventions as cv
 from csplugin.core.images import chunk_size_for, iter_chunks
 from csplugin.core.particles import ParticleTable
-from csplugin.engines.ctf import WienerAccumulator, ctf_2d, phase_flip
+from csplugin.engines.ctf import CTFParams, WienerAccumulator, ctf_2d, phase_flip
 from csplugin.engines.spill import TileSpill
 from csplugin.engines.stackers import (
     ImageStacker,
@@ -265,19 +265,12 @@ def aligned_ctfs(particles: pd.DataFrame, box: int, pixel_size: float) -> np.nda
     a missing scale as 1. A particle mirrored before alignment (optional ``mirror`` column)
     has its astigmatism angle negated first (:func:`~csplugin.core.conventions.mirror_y`).
     """
-    p = particles
-
-    def col(name: str, default: float | None = None) -> np.ndarray:
-        values = p[name].to_numpy(np.float64)
-        return values if default is None else np.nan_to_num(values, nan=default)
-
-    defocus_angle = col("defocus_angle")
-    if "mirror" in p:
-        defocus_angle = np.where(p["mirror"].to_numpy(bool), -defocus_angle, defocus_angle)
-    return ctf_2d(box, pixel_size, col("defocus_u"), col("defocus_v"), defocus_angle,
-                  col("voltage"), col("cs"), col("amplitude_contrast"), col("phase_shift", 0.0),
-                  col("bfactor", 0.0), col("ctf_scale", 1.0),
-                  rotation_deg=np.rad2deg(col("angle")), rfft=True)
+    ctf = CTFParams.from_columns(particles)
+    if "mirror" in particles:
+        mirrored = particles["mirror"].to_numpy(bool)
+        ctf = replace(ctf, defocus_angle=np.where(mirrored, -ctf.defocus_angle, ctf.defocus_angle))
+    return ctf_2d(box, pixel_size, ctf, rotation_deg=np.rad2deg(particles["angle"].to_numpy()),
+                  rfft=True)
 
 
 def estimate_snr(half_a: WienerAccumulator, half_b: WienerAccumulator) -> float:

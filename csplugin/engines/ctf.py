@@ -36,11 +36,14 @@ Rotated particles: if a particle image is rotated by θ (the point ``(x, y)``,
 ``R(θ) = [[cos θ, −sin θ], [sin θ, cos θ]]``), its Fourier transform rotates
 the same way, so the CTF in the rotated (aligned) frame is the CTF with
 astigmatism angle ``φ + θ``. Pass ``rotation_deg=θ`` to :func:`ctf_2d` (same as
-adding θ to ``defocus_angle_deg``). Translations do not change the CTF.
+adding θ to ``defocus_angle``). Translations do not change the CTF.
 Because y runs down the rows, +θ is clockwise when row 0 is drawn at the top.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -48,12 +51,68 @@ from numpy.typing import ArrayLike
 from csplugin.engines.stackers import check_weights
 
 __all__ = [
+    "CTFParams",
     "electron_wavelength",
     "evaluate_ctf",
     "ctf_2d",
     "phase_flip",
     "WienerAccumulator",
 ]
+
+
+@dataclass(frozen=True)
+class CTFParams:
+    """CTF parameters in RELION's units, each a scalar or a per-particle ``(n,)`` array
+    (they broadcast to a common particle shape ``S``).
+
+    Attributes
+    ----------
+    defocus_u, defocus_v
+        Defocus in Å (positive = underfocus; RELION ``rlnDefocusU/V``).
+    defocus_angle
+        Astigmatism angle φ in degrees from the x (column) axis towards y (row), the
+        direction of ``defocus_u`` (RELION ``rlnDefocusAngle``).
+    voltage, cs, amplitude_contrast
+        Acceleration voltage (kV), spherical aberration (mm), amplitude contrast Q0 in [0, 1].
+    phase_shift, bfactor, scale
+        Phase-plate shift (degrees), B-factor (Å², envelope ``exp(−B u²/4)``), overall scale.
+    """
+
+    defocus_u: ArrayLike
+    defocus_v: ArrayLike
+    defocus_angle: ArrayLike
+    voltage: ArrayLike
+    cs: ArrayLike
+    amplitude_contrast: ArrayLike
+    phase_shift: ArrayLike = 0.0
+    bfactor: ArrayLike = 0.0
+    scale: ArrayLike = 1.0
+
+    #: Columns of csplugin's particle table holding each field (phase shift, B-factor and
+    #: scale optional: NaN or absent count as 0, 0 and 1).
+    COLUMNS = {"defocus_u": "defocus_u", "defocus_v": "defocus_v",
+               "defocus_angle": "defocus_angle", "voltage": "voltage", "cs": "cs",
+               "amplitude_contrast": "amplitude_contrast", "phase_shift": "phase_shift",
+               "bfactor": "bfactor", "scale": "ctf_scale"}
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, ArrayLike]) -> CTFParams:
+        """Per-particle parameters from the particle table's CTF columns (``(n,)`` each,
+        names in :attr:`COLUMNS`)."""
+        optional = {"phase_shift": 0.0, "bfactor": 0.0, "scale": 1.0}
+        values = {}
+        for field, column in cls.COLUMNS.items():
+            if field in optional:
+                raw = columns[column] if column in columns else optional[field]
+                values[field] = np.nan_to_num(np.asarray(raw, np.float64), nan=optional[field])
+            else:
+                values[field] = np.asarray(columns[column], np.float64)
+        return cls(**values)
+
+    def rotated(self, rotation_deg: ArrayLike) -> CTFParams:
+        """The CTF of the image rotated by θ = ``rotation_deg``: astigmatism angle φ + θ."""
+        return replace(self, defocus_angle=np.asarray(self.defocus_angle, np.float64)
+                       + np.asarray(rotation_deg, np.float64))
 
 
 def electron_wavelength(voltage_kv: ArrayLike) -> np.ndarray:
@@ -68,39 +127,16 @@ def electron_wavelength(voltage_kv: ArrayLike) -> np.ndarray:
     return 12.2643247 / np.sqrt(v * (1.0 + v * 0.978466e-6))
 
 
-def evaluate_ctf(
-    kx: ArrayLike,
-    ky: ArrayLike,
-    defocus_u: ArrayLike,
-    defocus_v: ArrayLike,
-    defocus_angle_deg: ArrayLike,
-    voltage_kv: ArrayLike,
-    cs_mm: ArrayLike,
-    amplitude_contrast: ArrayLike,
-    phase_shift_deg: ArrayLike = 0.0,
-    bfactor: ArrayLike = 0.0,
-    scale: ArrayLike = 1.0,
-) -> np.ndarray:
+def evaluate_ctf(kx: ArrayLike, ky: ArrayLike, ctf: CTFParams) -> np.ndarray:
     """CTF at arbitrary spatial frequencies (module docstring has the formula).
 
     Parameters
     ----------
     kx, ky
         Spatial frequencies in 1/Å, broadcastable to a common frequency shape ``F``.
-    defocus_u, defocus_v
-        Defocus in Å (positive = underfocus; RELION ``rlnDefocusU/V``).
-    defocus_angle_deg
-        Astigmatism angle φ in degrees from the x (column) axis towards y (row),
-        the direction of ``defocus_u`` (RELION ``rlnDefocusAngle``).
-    voltage_kv, cs_mm, amplitude_contrast
-        Acceleration voltage (kV), spherical aberration (mm) and amplitude
-        contrast Q0 in [0, 1].
-    phase_shift_deg, bfactor, scale
-        Phase-plate shift (degrees), B-factor (Å², envelope ``exp(−B u²/4)``)
-        and overall scale.
-
-    All CTF parameters broadcast to a common particle shape ``S`` (scalars or
-    arrays of shape ``(n,)``).
+    ctf
+        The parameters; they broadcast to a common particle shape ``S`` (scalars or
+        arrays of shape ``(n,)``).
 
     Returns
     -------
@@ -109,14 +145,14 @@ def evaluate_ctf(
     """
     params = np.broadcast_arrays(
         *(np.asarray(p, dtype=np.float64) for p in (
-            defocus_u, defocus_v, defocus_angle_deg, voltage_kv, cs_mm,
-            amplitude_contrast, phase_shift_deg, bfactor, scale))
+            ctf.defocus_u, ctf.defocus_v, ctf.defocus_angle, ctf.voltage, ctf.cs,
+            ctf.amplitude_contrast, ctf.phase_shift, ctf.bfactor, ctf.scale))
     )
     kx, ky = np.broadcast_arrays(np.asarray(kx, dtype=np.float64), np.asarray(ky, dtype=np.float64))
     expand = (...,) + (None,) * kx.ndim
     du, dv, ang, kv, cs, q0, phase, bfac, scl = (p[expand] for p in params)
     if np.any((q0 < 0) | (q0 > 1)):
-        raise ValueError(f"amplitude_contrast must be in [0, 1], got {amplitude_contrast}")
+        raise ValueError(f"amplitude_contrast must be in [0, 1], got {ctf.amplitude_contrast}")
     lam = electron_wavelength(kv)
     phi = np.deg2rad(ang)
     u2 = kx**2 + ky**2
@@ -131,31 +167,24 @@ def evaluate_ctf(
 def ctf_2d(
     box: int,
     pixel_size: float,
-    defocus_u: ArrayLike,
-    defocus_v: ArrayLike,
-    defocus_angle_deg: ArrayLike,
-    voltage_kv: ArrayLike,
-    cs_mm: ArrayLike,
-    amplitude_contrast: ArrayLike,
-    phase_shift_deg: ArrayLike = 0.0,
-    bfactor: ArrayLike = 0.0,
-    scale: ArrayLike = 1.0,
+    ctf: CTFParams,
     *,
     rotation_deg: ArrayLike = 0.0,
     rfft: bool = False,
 ) -> np.ndarray:
     """CTF images on the Fourier grid of a ``box × box`` image.
 
-    Parameters are those of :func:`evaluate_ctf` (scalars or per-particle
-    arrays of shape ``(n,)``), plus:
-
+    Parameters
+    ----------
     box, pixel_size
         Image size in pixels and pixel size in Å; frequencies are
         ``fftfreq(box) / pixel_size`` (1/Å), x along columns, y along rows.
+    ctf
+        The parameters (scalars or per-particle arrays of shape ``(n,)``).
     rotation_deg
         In-plane rotation θ (degrees, per particle or scalar) that has been
         applied to the particle image; the CTF is rendered in the rotated frame,
-        i.e. with astigmatism angle ``defocus_angle_deg + rotation_deg``.
+        i.e. with astigmatism angle ``ctf.defocus_angle + rotation_deg``.
     rfft
         False: full plane in fftshift layout, zero frequency at
         ``[box//2, box//2]``. True: unshifted ``np.fft.rfft2`` layout.
@@ -178,9 +207,7 @@ def ctf_2d(
     else:
         ky = np.fft.fftshift(np.fft.fftfreq(box))[:, None] / pixel_size
         kx = np.fft.fftshift(np.fft.fftfreq(box))[None, :] / pixel_size
-    angle = np.asarray(defocus_angle_deg, dtype=np.float64) + np.asarray(rotation_deg, dtype=np.float64)
-    return evaluate_ctf(kx, ky, defocus_u, defocus_v, angle, voltage_kv, cs_mm,
-                        amplitude_contrast, phase_shift_deg, bfactor, scale)
+    return evaluate_ctf(kx, ky, ctf.rotated(rotation_deg))
 
 
 def _check_pair(images: np.ndarray, ctfs: np.ndarray) -> int:

@@ -15,7 +15,7 @@ from csplugin.averaging.engine import FALLBACK_SNR, estimate_snr
 from csplugin.core.images import check_stacks, read_chunk
 from csplugin.core.particles import ParticleTable, open_particles
 from csplugin.engines.correlation import disc_correlation as correlation
-from csplugin.engines.ctf import WienerAccumulator, ctf_2d
+from csplugin.engines.ctf import CTFParams, WienerAccumulator, ctf_2d
 from csplugin.engines.stackers import MedianImageStacker
 from csplugin.engines.transform import align_images
 from csplugin.jobs.class_averages import class_averages
@@ -231,7 +231,7 @@ def ctf_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[ParticleTable, n
     table = table.with_columns(defocus_u=du, defocus_v=dv, defocus_angle=phi)
 
     def modulate(images: np.ndarray) -> np.ndarray:
-        ctfs = ctf_2d(job.box, job.pixel_size, du, dv, phi, 300.0, 2.7, 0.1, rfft=True)
+        ctfs = ctf_2d(job.box, job.pixel_size, CTFParams(du, dv, phi, 300.0, 2.7, 0.1), rfft=True)
         raw = np.fft.irfft2(np.fft.rfft2(images) * ctfs, s=(job.box, job.box))
         return raw + rng.normal(0, 0.05, raw.shape)
 
@@ -276,8 +276,8 @@ def test_premultiplied_particles(ctf_data, tmp_path: Path) -> None:
     """Premultiplied data carry CTF² (≥ 0): Wiener uses them as its numerator, phase-flip
     leaves them as they are."""
     table, truth, _ = ctf_data
-    ctfs = ctf_2d(table.box(), table.pixel_size(), *(table.particles[c].to_numpy() for c in (
-        "defocus_u", "defocus_v", "defocus_angle")), 300.0, 2.7, 0.1, rfft=True)
+    ctfs = ctf_2d(table.box(), table.pixel_size(), CTFParams(*(table.particles[c].to_numpy() for c in (
+        "defocus_u", "defocus_v", "defocus_angle")), 300.0, 2.7, 0.1), rfft=True)
     n = table.box()
     premultiplied = _rewrite(
         table, tmp_path / "premultiplied.mrcs",
