@@ -1,0 +1,244 @@
+"""The output-directory helper (csplugin.outputs.outdir): lock, build beside and swap, debris.
+
+Unit tests on small files; the jobs under faults are in test_faults.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from csplugin.outputs import outdir as od
+from csplugin.outputs.paths import relion_path
+from formats import InputError
+
+
+@od.transaction()
+def _job(outdir: Path, files: dict[str, str], *, overwrite: bool = False, fail_after: int = -1,
+         job: str = "toy") -> od.OutputDir:
+    """A toy job writing ``files`` (name -> text); raises after ``fail_after`` files."""
+    out = od.claim(outdir, list(files), job=job, overwrite=overwrite)
+    for i, (name, text) in enumerate(files.items()):
+        if i == fail_after:
+            raise RuntimeError("midway")
+        out.stage(name).write_text(text)
+    return out
+
+
+def _visible(directory: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(directory.iterdir())
+            if not p.name.startswith(".")}
+
+
+def _debris(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.rglob("*")
+                  if ".csplugin-new-" in p.name or ".csplugin-old-" in p.name
+                  or p.name.endswith(".part") or p.name.endswith(".lock"))
+
+
+# ------------------------------------------------------------------------------------- lock
+def test_second_job_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    @od.transaction()
+    def outer() -> None:
+        od.claim(out, ["a"], job="toy")
+        child = subprocess.run(  # a second process trying the same directory meanwhile
+            [sys.executable, "-c", "from pathlib import Path\n"
+             "from csplugin.outputs import outdir as od\n"
+             "from formats import InputError\n"
+             "try:\n"
+             "    with od.transaction():\n"
+             f"        od.claim(Path({str(out)!r}), ['b'], job='toy')\n"
+             "except InputError as e:\n"
+             "    print(e)\n"],
+            capture_output=True, text=True, timeout=60)
+        message = child.stdout.strip()
+        assert f"is in use by csplugin pid {os.getpid()} on host {socket.gethostname()}" \
+            in message and "\n" not in message, child
+
+    outer()
+    assert not (out / od.LOCK_NAME).exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = {"pid": dead.pid, "host": socket.gethostname(), "started": "x", "command": "old",
+            "proc_start": "1", "boot_id": od._boot_id(), "token": "t"}
+    (out / od.LOCK_NAME).write_text(json.dumps(lock))
+    _job(out, {"a": "1"})
+    assert _visible(out) == {"a": "1"} and not (out / od.LOCK_NAME).exists()
+
+
+def test_lock_of_a_reused_pid_is_stale(tmp_path: Path) -> None:
+    """Our own (live) pid with another start time: the pid was reused."""
+    lock = tmp_path / "l"
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": "0",
+              "boot_id": od._boot_id()}
+    assert od.is_stale(lock, holder)
+    holder["proc_start"] = od._proc_start(os.getpid())
+    assert not od.is_stale(lock, holder)
+    holder["boot_id"] = "another-boot"
+    assert od.is_stale(lock, holder)
+
+
+def test_lock_from_another_host_is_refused_with_how_to_remove_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / od.LOCK_NAME).write_text(json.dumps(
+        {"pid": 1, "host": "node-elsewhere", "started": "t", "command": "c", "token": "x"}))
+    with pytest.raises(InputError) as info:
+        _job(out, {"a": "1"})
+    assert "node-elsewhere" in str(info.value) and f"remove {out / od.LOCK_NAME}" in str(
+        info.value)
+    assert (out / od.LOCK_NAME).exists() and not _visible(out)
+
+
+# ------------------------------------------------------------------------------------- swap
+def test_old_result_intact_when_the_job_raises_midway(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _job(out, {"a": "old", "b": "old"})
+    with pytest.raises(RuntimeError):
+        _job(out, {"a": "new", "b": "new"}, overwrite=True, fail_after=1)
+    assert _visible(out) == {"a": "old", "b": "old"}
+    assert not _debris(tmp_path)
+
+
+def test_failed_first_run_leaves_no_directory(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        _job(tmp_path / "a" / "out", {"x": "1"}, fail_after=0)
+    assert not (tmp_path / "a" / "out").exists() and not _debris(tmp_path)
+
+
+def test_stale_products_removed_foreign_files_and_other_jobs_kept(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _job(out, {f"stack_{k}": "old" for k in range(4)} | {"meta": "old"})
+    _job(out, {"spectrum": "other"}, job="other")
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    (out / "sub" / "f").write_text("deep")
+    inode = (out / "notes.txt").stat().st_ino
+    _job(out, {"stack_0": "new", "meta": "new"}, overwrite=True)
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert names == {"stack_0", "meta", "spectrum", "notes.txt", "sub"}
+    assert (out / "stack_0").read_text() == "new" and (out / "spectrum").read_text() == "other"
+    assert (out / "sub" / "f").read_text() == "deep"
+    assert (out / "notes.txt").stat().st_ino == inode  # carried by a hard link
+    manifest = od.read_manifest(out)
+    assert manifest["toy"]["products"] == ["meta", "stack_0"]
+    assert manifest["other"]["products"] == ["spectrum"]
+    assert not _debris(tmp_path)
+
+
+def test_existing_products_refused_without_overwrite_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _job(out, {"a": "1", "b": "1"})
+    with pytest.raises(InputError, match=r"already exists \(pass --overwrite"):
+        _job(out, {"c": "2"})  # by manifest: the previous result of the same job
+    (out / "x").write_text("user")
+    with pytest.raises(InputError, match="x: already exists"):
+        _job(out, {"x": "2"}, job="other")  # by name
+    _job(out, {"y": "2"}, job="other")  # another job's new file: fine
+    assert _visible(out) == {"a": "1", "b": "1", "x": "user", "y": "2"}
+
+
+def test_paths_written_into_files_name_the_final_directory(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    @od.transaction()
+    def job() -> None:
+        out = od.claim(Path("out"), ["s.mrcs"], job="toy")
+        seen["staged"] = out.stage("s.mrcs")
+        seen["relion"] = relion_path(out.stage("s.mrcs"))
+
+    job()
+    assert seen["relion"] == "out/s.mrcs" and "csplugin-new" in str(seen["staged"])
+
+
+def test_nested_claim_joins_the_outer_transaction(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with od.transaction():
+        first = od.claim(out, ["a"], job="toy")
+        inner = _job(out, {"b": "1"}, overwrite=True)  # its own @transaction, same dir
+        assert inner is first and not (out / "b").exists()  # not yet committed
+    assert _visible(out) == {"b": "1"}
+
+
+def test_exchange_is_atomic_rename_exchange(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("a")
+    (b / "y").write_text("b")
+    if not od.exchange(a, b):
+        pytest.skip("renameat2(RENAME_EXCHANGE) unavailable here (the two-rename fallback is used)")
+    assert (a / "y").exists() and (b / "x").exists()
+
+
+# ----------------------------------------------------------------------------------- debris
+def test_debris_of_killed_runs_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _job(out, {"a": "old"})
+    staging = tmp_path / ".out.csplugin-new-999999"
+    staging.mkdir()
+    (staging / "big.mrcs").write_bytes(b"0" * 1000)
+    (tmp_path / ".out.csplugin-old-999998").mkdir()
+    (out / ".a.x1y2.part").write_bytes(b"partial")
+    (out / ".csplugin-write-test-77").touch()
+    (out / od.LOCK_NAME).write_text(json.dumps(
+        {"pid": 999999, "host": socket.gethostname(), "token": "z"}))
+    _job(out, {"a": "new"}, overwrite=True)
+    assert _visible(out) == {"a": "new"} and not _debris(tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == [od.MANIFEST_NAME, "a"]
+
+
+def test_single_file_lock_and_part_debris(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "x.star"
+    target.parent.mkdir()
+    (target.parent / ".x.star.abc.part").write_text("partial")
+    with od.single_file(target) as path:
+        assert (target.parent / ".x.star.csplugin.lock").exists()
+        with pytest.raises(InputError, match="in use by csplugin pid"):
+            with od.single_file(target):
+                pass
+        path.write_text("done")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.star"]
+    with pytest.raises(InputError, match="already exists"):
+        with od.single_file(target):
+            pass
+    with pytest.raises(InputError, match="is a directory"):
+        with od.single_file(tmp_path):
+            pass
+
+
+def test_disk_full_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    import errno
+
+    out = tmp_path / "out"
+    _job(out, {"a": "old"})
+
+    @od.transaction()
+    def full() -> None:
+        o = od.claim(out, ["a"], job="toy", overwrite=True, needs_bytes=10)
+        o.stage("a").write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(InputError) as info:
+        full()
+    assert "full or over quota" in str(info.value) and "\n" not in str(info.value)
+    assert _visible(out) == {"a": "old"} and not _debris(tmp_path)
+    with pytest.raises(InputError, match="needs about"):
+        with od.transaction():
+            od.claim(tmp_path / "big", [], job="toy", needs_bytes=1 << 60)
+    assert not (tmp_path / "big").exists()
