@@ -76,15 +76,34 @@ def info(
     project_dir: ProjectDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
-    """Summarise a particle file: particles, classes and counts, pixel and box sizes, optics
-    groups, which stacks exist and which are missing, and which field groups are present."""
-    from csplugin.core.particles import open_particles
-    from csplugin.jobs.info import describe
+    """Summarise a particle file and check it before a job: particles, classes and counts,
+    pixel and box sizes, optics groups, field groups, and every referenced stack opened and
+    checked (missing, truncated or corrupt, index past the end, box mismatch). Exit status 0
+    when every image can be read, 2 when anything is wrong (listed). A file that is not a 2D
+    particle file (RELION 4/5 subtomograms, Warp/M particle series, tomograms or tilt-series
+    tables, job, pipeline, model, MTF files, ...) is described, with exit status 2."""
+    from csplugin.jobs.info import inspect
 
-    summary = describe(open_particles(file, passthrough, project_dir))
+    summary = inspect(file, passthrough, project_dir)
     if as_json:
         out.print_json(json.dumps(summary))
-        return
+    elif "what" in summary:
+        out.print(f"[bold]{summary['file']}[/]")
+        out.print(f"is             {summary['what']}")
+        for line in summary["details"]:
+            out.print(f"  {line}", markup=False, highlight=False)
+        scope = ("csplugin handles 2D single-particle images only" if summary["tomography"]
+                 else "not a particle file")
+        out.print(f"usable         no: {scope}")
+        out.print(f"instead        {summary['advice']}", markup=False, highlight=False)
+    else:
+        _print_summary(summary)
+    if not summary["ok"]:
+        raise typer.Exit(2)
+
+
+def _print_summary(summary: dict) -> None:
+    """The text form of ``csplugin info`` for a particle file."""
     out.print(f"[bold]{summary['file']}[/] ({summary['format']})")
     out.print(f"particles      {summary['particles']}")
     classes = summary["classes"]
@@ -94,15 +113,20 @@ def info(
     out.print(f"box            {', '.join(map(str, summary['boxes']))} px")
     groups = ", ".join(f"{g}: {c}" for g, c in summary["optics_groups"].items())
     out.print(f"optics groups  {groups}")
-    missing = summary["missing_stacks"]
-    out.print(f"stacks         {summary['stacks']} referenced, {len(missing)} missing")
-    for path in missing[:20]:
-        out.print(f"  missing: {path}")
-    if len(missing) > 20:
-        out.print(f"  ... and {len(missing) - 20} more")
     out.print(f"field groups   {', '.join(summary['field_groups'])}")
     flags = [name for name in ("alignments", "ctf", "helical") if summary[f"has_{name}"]]
     out.print(f"present        {', '.join(flags) or '-'}")
+    problems = summary["stack_problems"]
+    bad = {problem["stack"] for problem in problems}
+    out.print(f"stacks         {summary['stacks']} referenced, {summary['stacks'] - len(bad)} "
+              f"readable, {len(bad)} with problems")
+    for problem in problems[:20]:
+        out.print(f"  {problem['kind']}: {problem['stack']}: {problem['message']}",
+                  markup=False, highlight=False)
+    if len(problems) > 20:
+        out.print(f"  ... and {len(problems) - 20} more")
+    out.print("ready          " + ("yes: every image can be read" if summary["ok"] else
+                                   "no: fix the stacks above (exit status 2)"))
 
 
 @app.command()

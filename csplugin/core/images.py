@@ -8,8 +8,10 @@ works on the current one. Memory is bounded by two chunks whatever the particle 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +24,9 @@ from formats.mrc import Stack, open_stack
 #: Bytes of float32 images per chunk (64 images of 256², 256 of 128²); two or three chunks
 #: are in flight at once (being read, being processed, being written).
 CHUNK_BYTES = 16 << 20
+#: First bytes of a Git LFS pointer file (the same as :data:`csplugin.core.identify.LFS_MAGIC`;
+#: images.py imports nothing from the table modules).
+_LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 
 
 class ParticleTable(Protocol):
@@ -55,25 +60,98 @@ def check_stacks(table: ParticleTable) -> dict[str, Stack]:
     """
     if len(table) == 0:
         raise InputError(table.source, "selects no particles",
-                         "check --classes against `csplugin info` (0-based for .cs, 1-based for .star)")
+                         "check --classes against `csplugin info` (0-based for .cs, 1-based "
+                         "for .star)")
     missing = table.missing_stacks()
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise InputError(missing[0], f"particle stack not found{more} (referenced by {table.source})",
+        raise InputError(missing[0], f"particle stack not found{more} (referenced by "
+                         f"{table.source})",
                          "pass --project-dir (the directory the stack paths start from)")
     p = table.particles
-    stacks = {path: open_stack(path) for path in p["stack"].unique()}
+    stacks = {path: _open(path) for path in p["stack"].unique()}
     last = p.groupby("stack")["stack_index"].max()
     for path, index in last.items():
         if index >= stacks[path].n:
             raise InputError(path, f"has {stacks[path].n} images but {table.source} refers to "
-                             f"image {index} (0-based)", "check that the metadata matches the stacks")
+                             f"image {index} (0-based)",
+                             "check that the metadata matches the stacks")
     boxes = p.groupby("stack")["box"].first()
     for path, box in boxes.items():
         if stacks[path].box != (box, box):
             raise InputError(path, f"holds {stacks[path].box} images, the metadata says {box} px",
                              "check that the metadata matches the stacks")
     return stacks
+
+
+@dataclass(frozen=True)
+class StackProblem:
+    """One thing wrong with a stack a table references (what ``csplugin info`` lists).
+
+    Attributes
+    ----------
+    stack
+        Absolute stack path.
+    kind
+        ``"missing"``, ``"unreadable"`` (truncated, corrupt or compressed file, a header that
+        does not describe the data, a Git LFS pointer), ``"index past end"`` or
+        ``"box mismatch"``.
+    message
+        One line saying what is wrong and how many particles it concerns.
+    particles
+        Number of particles affected.
+    """
+
+    stack: str
+    kind: str
+    message: str
+    particles: int
+
+
+def audit_stacks(table: ParticleTable) -> list[StackProblem]:
+    """Check every stack the table references, listing every problem instead of raising.
+
+    Each stack is opened with the same header and size checks as the jobs use
+    (:func:`formats.mrc.open_stack`); every index is checked against the stack's image count
+    and the box against the metadata. An empty list means every job can read every image.
+    """
+    p = table.particles
+    problems: list[StackProblem] = []
+    if len(p) == 0:
+        return problems
+    counts = p.groupby("stack").size()
+    last = p.groupby("stack")["stack_index"].max()
+    boxes = p.groupby("stack")["box"].first()
+    for path in sorted(counts.index):
+        n = int(counts[path])
+        if not Path(path).is_file():
+            problems.append(StackProblem(path, "missing", "not found", n))
+            continue
+        try:
+            stack = _open(path)
+        except InputError as exc:
+            problems.append(StackProblem(path, "unreadable", exc.problem, n))
+            continue
+        if last[path] >= stack.n:
+            mine = p["stack_index"][p["stack"] == path]
+            past = int((mine >= stack.n).sum())
+            problems.append(StackProblem(
+                path, "index past end", f"holds {stack.n} images but {past} particle(s) refer to "
+                f"images up to {int(last[path])} (0-based)", past))
+        if stack.box != (boxes[path], boxes[path]):
+            problems.append(StackProblem(
+                path, "box mismatch", f"holds {stack.box[1]}x{stack.box[0]} images, the metadata "
+                f"says {boxes[path]} px", n))
+    return problems
+
+
+def _open(path: str) -> Stack:
+    """:func:`formats.mrc.open_stack`, with a Git LFS pointer named as such."""
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        if f.read(len(_LFS_MAGIC)) == _LFS_MAGIC:
+            raise InputError(path, "is a Git LFS pointer, not the stack (its content was never "
+                             "downloaded)", "run `git lfs pull` where it came from")
+    return open_stack(path)
 
 
 def read_chunk(table: ParticleTable, rows: np.ndarray, stacks: dict[str, Stack]) -> np.ndarray:

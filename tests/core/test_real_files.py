@@ -1,0 +1,322 @@
+"""Real files from other projects: read right, or refused in one line for the right reason.
+
+Every file used here is in fixtures/real (sources and licences in its README). Variants are
+made from those files in tmp_path (a changed header value, a damaged line), never by hand.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csplugin.core import particles as particles_module
+from csplugin.core.identify import NotParticles
+from csplugin.core.particles import open_particles
+from formats import InputError
+from formats.cs import read_cs, write_cs
+
+SCOPE = "csplugin handles 2D single-particle images only"
+
+#: (file, what the refusal names): every tomography file in the corpus.
+TOMOGRAPHY = [
+    ("cylindra/Class3D_run_it025_data.star", "data_general rlnTomoSubTomosAre2DStacks 1"),
+    ("cylindra/Refine3D_run_it050_data.star", "RELION 4/5 subtomogram particles"),
+    ("cryoet-data-portal/relion_4_star.star", "RELION 4/5 subtomogram particles"),
+    ("cryoet-data-portal/relion_3_star.star", "subtomogram particles (rlnCoordinateZ"),
+    ("starfile/one_loop.star", "subtomogram particles (rlnCoordinateZ, rlnCtfImage"),
+    ("cryodrgn/sta_testing_bin8.star", "Warp/M particle series"),
+    ("cylindra/Picks_particles.star", "particle positions in tomograms"),
+    ("cryoet-data-portal/tomoman_relion_star.star", "particle positions in tomograms"),
+    ("cryoet-data-portal/stopgap_star.star", "STOPGAP motive list"),
+    ("cylindra/tomograms.star", "RELION tomograms table"),
+    ("cylindra/tilt_series_13pf_MT.star", "tilt-series table"),
+    ("cylindra/Class3D_run_it025_optimisation_set.star", "tomography optimisation set"),
+]
+
+#: (file, what the refusal names): real files that are not particle files.
+NOT_PARTICLES = [
+    ("cylindra/Class3D_job.star", "RELION job.star (parameters of a relion.class3d job)"),
+    ("starfile/default_pipeline.star", "RELION pipeline"),
+    ("starfile/run_it025_optimiser_2D.star", "RELION optimiser file"),
+    ("starfile/run_it025_sampling_2D.star", "RELION sampling file"),
+    ("starfile/postprocess.star", "RELION post-processing file"),
+]
+
+
+def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """Run ``csplugin ARGS`` in this process: (exit status, stdout, stderr)."""
+    from csplugin.app import cli
+
+    argv, sys.argv = sys.argv, ["csplugin", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line(code: int, err: str, text: str) -> None:
+    assert code == 2, err
+    assert text in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.fixture
+def no_stack_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail if anything looks for a stack: refusals must come before that."""
+    def forbidden(*args: object) -> None:
+        raise AssertionError("looked for stacks before refusing")
+    monkeypatch.setattr(particles_module, "_resolve_stacks", forbidden)
+
+
+# ------------------------------------------------------------------------------- tomography
+@pytest.mark.parametrize(("name", "what"), TOMOGRAPHY)
+def test_tomography_files_are_refused_before_their_stacks_are_looked_for(
+        real: Path, name: str, what: str, no_stack_lookup: None) -> None:
+    with pytest.raises(NotParticles) as caught:
+        open_particles(real / name)
+    assert caught.value.tomography
+    assert what in str(caught.value) and SCOPE in str(caught.value)
+
+
+@pytest.mark.parametrize("command", ["convert", "export-aligned", "power-spectrum",
+                                     "class-averages", "classify"])
+def test_every_command_refuses_subtomograms_in_one_line(real: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture,
+                                                        command: str) -> None:
+    out = tmp_path / ("out.cs" if command == "convert" else "out")
+    code, _, err = run_cli(capsys, command, str(real / TOMOGRAPHY[0][0]), "-o", str(out))
+    assert_one_line(code, err, SCOPE)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_info_describes_a_subtomogram_file_and_exits_2(real: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run_cli(capsys, "info", str(real / "cylindra/Class3D_run_it025_data.star"))
+    assert code == 2 and not err
+    assert "RELION 5 subtomogram particles" in out and SCOPE in out
+    assert "data_particles: 10 rows" in out  # what the file holds, not a one-line refusal
+
+
+def test_dimensionality_3_alone_is_enough(real: Path, tmp_path: Path) -> None:
+    """An optics table with rlnImageDimensionality 3 and no other tomography label."""
+    text = (real / "cryodrgn/relion31.star").read_text()
+    variant = tmp_path / "dim3.star"
+    variant.write_text(text.replace("          256            2", "          256            3"))
+    shutil.copy(real / "cryodrgn/relion31.mrcs", tmp_path)
+    with pytest.raises(NotParticles, match="rlnImageDimensionality 3 in data_optics"):
+        open_particles(variant)
+
+
+def test_single_particle_files_with_groups_are_not_taken_for_particle_series(real: Path) -> None:
+    """The Warp/M rule needs a tilt series per group; RELION 3.1/5 files pass."""
+    for name in ("relion31.star", "relion5.star", "relion31.6opticsgroups.star"):
+        assert len(open_particles(real / "cryodrgn" / name)) > 0
+
+
+# --------------------------------------------------------------------- not particle files
+@pytest.mark.parametrize(("name", "what"), NOT_PARTICLES)
+def test_files_that_are_not_particle_files_are_named(real: Path, name: str, what: str,
+                                                      no_stack_lookup: None) -> None:
+    with pytest.raises(NotParticles) as caught:
+        open_particles(real / name)
+    assert not caught.value.tomography and what in str(caught.value)
+    assert "not a particle file" in str(caught.value)
+
+
+def test_optimiser_refusal_names_the_particles_to_pass(real: Path) -> None:
+    with pytest.raises(NotParticles, match="pass the particles it names: "
+                                           "Class2D/job006/run_it025_data.star"):
+        open_particles(real / "starfile/run_it025_optimiser_2D.star")
+
+
+def test_mtf_table_is_named(real: Path, tmp_path: Path) -> None:
+    """An MTF table (the two labels and layout RELION's mtf_*.star files use; values from
+    the postprocess.star FSC block, so that the file is made from a real one)."""
+    mtf = tmp_path / "mtf_k2_300kV.star"
+    mtf.write_text("data_\n\nloop_\n_rlnResolutionInversePixel #1\n_rlnMtfValue #2\n"
+                   "0.000000 1.000000\n0.010000 0.995000\n0.500000 0.300000\n")
+    with pytest.raises(NotParticles, match="detector MTF table"):
+        open_particles(mtf)
+
+
+@pytest.mark.parametrize("suffix", [".star", ".cs"])
+def test_git_lfs_pointer_is_named(real: Path, tmp_path: Path, suffix: str) -> None:
+    """A clone without `git lfs pull` leaves pointers: name them, for every input kind."""
+    pointer = tmp_path / f"particles{suffix}"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
+                       "6503b12593fdf1b2" + "0" * 48 + "\nsize 2868224\n")
+    with pytest.raises(NotParticles, match="Git LFS pointer"):
+        open_particles(pointer)
+
+
+def test_git_lfs_pointer_stack_is_named_by_info(real: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    shutil.copy(real / "cryodrgn/empiar_10076_7.star", tmp_path)
+    (tmp_path / "empiar_10076_7.mrc").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 2868224\n")
+    code, out, _ = run_cli(capsys, "info", str(tmp_path / "empiar_10076_7.star"),
+                           "--project-dir", str(tmp_path))
+    assert code == 2 and "Git LFS pointer" in out
+
+
+# ----------------------------------------------------------------------- optics groups
+def test_optics_table_without_particle_group_column_reads_as_relion_does(real: Path) -> None:
+    """cryodrgn's toy_projections_13.star: one optics group, particles without
+    rlnOpticsGroup. RELION 3.1 reads every particle into that group; so does csplugin."""
+    table = open_particles(real / "cryodrgn/toy_projections_13.star")
+    assert len(table) == 13
+    assert (table.particles["optics_group"] == 1).all()
+    assert np.allclose(table.particles["pixel_size"], 1.035)
+    assert (table.particles["box"] == 300).all()
+
+
+def test_several_different_optics_groups_without_particle_column_are_refused(
+        real: Path, tmp_path: Path) -> None:
+    text = (real / "cryodrgn/toy_projections_13.star").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("1 opticsGroup1"))
+    other = row.replace("1 opticsGroup1", "2 opticsGroup2").replace("1.035", "2.070")
+    variant = tmp_path / "two.star"
+    variant.write_text(text.replace(row, row + "\n" + other))
+    with pytest.raises(InputError, match="2 different optics groups but its particles lack "
+                                         "rlnOpticsGroup"):
+        open_particles(variant)
+
+
+def test_identical_optics_groups_without_particle_column_read_as_group_1(
+        real: Path, tmp_path: Path) -> None:
+    """RELION puts such particles in group 1; when every group says the same, that is safe."""
+    text = (real / "cryodrgn/toy_projections_13.star").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("1 opticsGroup1"))
+    variant = tmp_path / "same.star"
+    variant.write_text(text.replace(row, row + "\n" + row.replace("1 opticsGroup1",
+                                                                   "2 opticsGroup2")))
+    assert (open_particles(variant).particles["optics_group"] == 1).all()
+
+
+def test_particle_in_an_unlisted_optics_group_is_named(real: Path, tmp_path: Path) -> None:
+    text = (real / "cryodrgn/relion31.star").read_text()
+    variant = tmp_path / "group9.star"
+    variant.write_text(text.replace("relion31.mrcs            1", "relion31.mrcs            9", 1))
+    with pytest.raises(InputError, match="particle 1 .*optics group 9, which data_optics does "
+                                         "not list"):
+        open_particles(variant)
+
+
+# ------------------------------------------------------------------ header values on trust
+def test_no_pixel_size_anywhere_is_refused_naming_the_field(real: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture
+                                                            ) -> None:
+    """empiar_10076_7.mrc (a cryoCAT tilt stack) has header voxel size 0; a star without
+    rlnMagnification/rlnDetectorPixelSize then gives no pixel size at all."""
+    star = _without_pixel_size(real, tmp_path)
+    with pytest.raises(InputError) as caught:
+        open_particles(star, project_dir=tmp_path)
+    message = str(caught.value)
+    assert "has no pixel size" in message and "voxel size 0" in message
+    assert "rlnImagePixelSize" in message and "rlnDetectorPixelSize" in message
+    for command in ("convert", "export-aligned"):
+        out = tmp_path / ("o.cs" if command == "convert" else "o")
+        code, _, err = run_cli(capsys, command, str(star), "-o", str(out),
+                               "--project-dir", str(tmp_path))
+        assert_one_line(code, err, "has no pixel size")
+        assert not out.exists()
+
+
+def test_pixel_size_zero_is_refused_not_turned_into_nan_shifts(real: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture
+                                                               ) -> None:
+    text = (real / "cryodrgn/relion31.star").read_text()
+    star = tmp_path / "pix0.star"
+    star.write_text(text.replace("300.000000     2.806000", "300.000000     0.000000"))
+    code, _, err = run_cli(capsys, "convert", str(star), "-o", str(tmp_path / "o.cs"))
+    assert_one_line(code, err, "has pixel size 0 (rlnImagePixelSize in data_optics)")
+    assert "RuntimeWarning" not in err and not (tmp_path / "o.cs").exists()
+
+
+def test_cs_with_blob_psize_zero_is_refused(real: Path, tmp_path: Path) -> None:
+    data = read_cs(real / "cryodrgn/empiar_10076_7.cs")
+    data["blob/psize_A"][:] = 0
+    write_cs(tmp_path / "p0.cs", data)
+    with pytest.raises(InputError, match=r"row 0 \(uid \d+\) has pixel size 0 \(blob/psize_A\).*"
+                                         "voxel size 0"):
+        open_particles(tmp_path / "p0.cs", project_dir=real / "cryodrgn")
+
+
+def _without_pixel_size(real: Path, tmp_path: Path) -> Path:
+    shutil.copy(real / "cryodrgn/empiar_10076_7.mrc", tmp_path)
+    lines = []
+    for line in (real / "cryodrgn/empiar_10076_7.star").read_text().splitlines():
+        if line.startswith(("_rlnMagnification", "_rlnDetectorPixelSize")):
+            continue
+        lines.append(" ".join(line.split()[:-2]) if "@" in line else line)
+    star = tmp_path / "nopix.star"
+    star.write_text("\n".join(lines) + "\n")
+    return star
+
+
+# --------------------------------------------------------------- values checked up front
+def test_nan_psi_is_refused_at_open_naming_line_particle_and_field(real: Path,
+                                                                  tmp_path: Path) -> None:
+    star = _edit_particle_value(real, tmp_path, row=1, label_index=14, value="nan")
+    with pytest.raises(InputError, match=r"particle 2 \(line 51, 000002@relion31.mrcs\): "
+                                         "rlnAnglePsi is nan, not a finite number"):
+        open_particles(star)
+
+
+def test_infinite_cs_shift_is_refused_at_open(real: Path, tmp_path: Path) -> None:
+    data = read_cs(real / "cryodrgn/cryosparc_J2_particles_exported.cs")
+    data["alignments2D/shift"][3, 1] = np.inf
+    write_cs(tmp_path / "inf.cs", data)
+    with pytest.raises(InputError, match=rf"row 3 \(uid {data['uid'][3]}\): alignments2D/shift "
+                                         r"is \[.*inf\], not a finite number"):
+        open_particles(tmp_path / "inf.cs")
+
+
+def test_non_numeric_value_names_label_and_line(real: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    star = _edit_particle_value(real, tmp_path, row=1, label_index=14, value="12.5x")
+    code, _, err = run_cli(capsys, "convert", str(star), "-o", str(tmp_path / "o.cs"))
+    assert_one_line(code, err, "line 51: rlnAnglePsi is '12.5x', not a number")
+
+
+def test_garbage_line_is_named_not_blamed_on_the_pixel_size(real: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture
+                                                            ) -> None:
+    lines = (real / "cryodrgn/relion31.star").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if "000001@" in line)
+    lines.insert(first + 1, "garbage here")
+    star = tmp_path / "garbage.star"
+    star.write_text("\n".join(lines) + "\n")
+    code, _, err = run_cli(capsys, "info", str(star))
+    assert_one_line(code, err, f"line {first + 2} has 2 values but data_particles has 26 labels")
+    assert "pixel size" not in err
+
+
+def test_cs_with_pose_but_no_shift_names_the_missing_field(real: Path, tmp_path: Path) -> None:
+    data = read_cs(real / "cryodrgn/cryosparc_J2_particles_exported.cs")
+    names = [n for n in data.dtype.names if n != "alignments2D/shift"]
+    write_cs(tmp_path / "noshift.cs", data[names])
+    with pytest.raises(InputError, match="alignments2D/shift"):
+        open_particles(tmp_path / "noshift.cs")
+
+
+def _edit_particle_value(real: Path, tmp_path: Path, row: int, label_index: int,
+                         value: str) -> Path:
+    lines = (real / "cryodrgn/relion31.star").read_text().splitlines()
+    rows = [i for i, line in enumerate(lines) if "@relion31.mrcs" in line]
+    fields = lines[rows[row]].split()
+    fields[label_index] = value
+    lines[rows[row]] = " ".join(fields)
+    shutil.copy(real / "cryodrgn/relion31.mrcs", tmp_path)
+    star = tmp_path / "edited.star"
+    star.write_text("\n".join(lines) + "\n")
+    return star
