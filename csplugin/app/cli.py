@@ -136,15 +136,27 @@ def convert(
     passthrough: Passthrough = None,
     project_dir: ProjectDir = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    voltage: Annotated[float | None, typer.Option(
+        min=1.0, help="kV, for a .star output whose input has no voltage (e.g. a .cs "
+                      "without its passthrough); never replaces the input's.")] = None,
+    cs: Annotated[float | None, typer.Option(
+        "--cs", min=0.0, help="Spherical aberration (mm), as --voltage.")] = None,
+    amplitude_contrast: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Amplitude contrast (fraction), as --voltage.")] = None,
 ) -> None:
-    """Convert .cs (+passthrough) to RELION 3.1 .star, or .star to .cs, keeping alignments
-    (psi = degrees(pose), origins = shift), classes (+1 / -1), CTF and helical fields.
+    """Convert .cs (+passthrough) to RELION 3.1 .star, or .star to .cs, keeping 2D alignments
+    (psi = degrees(pose), origins = shift), 3D alignments (alignments3D/pose rotation vector
+    <-> rlnAngleRot/Tilt/Psi), classes (+1 / -1), optics groups, CTF, uids (rlnCsPluginUid),
+    coordinates and helical fields; no alignment is written that the input lacks.
     Stack paths are copied as written (a leading '>' is removed)."""
-    from csplugin.core.native import save_particles
+    from csplugin.core.native import notes, save_particles
     from csplugin.core.particles import open_particles
 
     _refuse_existing(output, overwrite)
-    save_particles(open_particles(file, passthrough, project_dir), output)
+    table = open_particles(file, passthrough, project_dir)
+    save_particles(table, output, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast)
+    for note in notes(table, output.suffix):
+        err.print(f"note: {note}", markup=False, highlight=False)
     err.print(f"wrote {output}")
 
 

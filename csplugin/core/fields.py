@@ -61,6 +61,9 @@ class Cs:
     # filament (helical)
     FIL_UID = "filament/filament_uid"
     FIL_POSE = "filament/filament_pose"
+    # csplugin's own: RELION class numbers of a .star whose particles include class 0
+    # ("no class"), which cryoSPARC's 0-based unsigned alignments2D/class cannot hold.
+    CSPLUGIN_RELION_CLASS = "csplugin/relion_class_number"
 
 
 class Relion:

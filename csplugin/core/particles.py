@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from csplugin.core import conventions as cv
-from csplugin.core import identify
+from csplugin.core import identify, native_read
 from csplugin.core.fields import CTF_FIELDS as _CTF_FIELDS
 from csplugin.core.fields import GROUP_NAME as _GROUP_NAME
 from csplugin.core.fields import OPTICS_LABELS as _OPTICS_LABELS
@@ -226,6 +226,7 @@ def _from_cs(path: Path, passthrough: str | Path | None) -> ParticleTable:
         if needed not in fields:
             raise InputError(path, f"has no field '{needed}'",
                              "pass the particles .cs of a job that outputs particle blobs")
+    native_read.check_alignments(fields, path)
     n = len(data)
     p = pd.DataFrame({"uid": data["uid"].astype(np.uint64)})
     p["image_path"] = np.char.lstrip(decode(data["blob/path"]), ">") if n else []
@@ -253,6 +254,7 @@ def _from_cs(path: Path, passthrough: str | Path | None) -> ParticleTable:
     p["psi_prior"] = (cv.filament_pose_to_psi_prior(data["filament/filament_pose"])
                       if "filament/filament_pose" in fields else np.full(n, np.nan))
     _add_location_from_cs(p, data)
+    p = p.assign(**native_read.native_columns(data, p))  # native.py writes them back
     return ParticleTable(p, "cs", path, data, aligned="alignments2D/pose" in fields)
 
 
@@ -273,6 +275,7 @@ def _add_location_from_cs(p: pd.DataFrame, data: np.ndarray) -> None:
 
 def _from_star(path: Path) -> ParticleTable:
     particles, optics, outline = _read_particle_star(path)
+    native_read.check_alignments(particles.columns, path)
     particles = particles.reset_index(drop=True)
     n = len(particles)
     if optics is not None:
@@ -331,6 +334,7 @@ def _from_star(path: Path) -> ParticleTable:
         if label in particles:
             p[column] = particles[label].to_numpy()
     aligned = bool({"rlnAnglePsi", "rlnOriginX", "rlnOriginXAngst"} & set(particles))
+    p = p.assign(**native_read.native_columns(particles, p))  # native.py writes them back
     return ParticleTable(p, "star", path, particles, optics, aligned)
 
 
