@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from csplugin.core.conventions import disc_mask
 from csplugin.core.particles import open_particles
 from csplugin.engines.correlation import disc_correlation
 from csplugin.jobs.export_aligned import export_aligned
@@ -15,16 +17,41 @@ from csplugin.synthetic import make_job
 from formats.mrc import open_stack
 
 
+#: Thresholds of the demo's checks (the measured values are well inside them).
+AGREEMENT_MAX = 1e-4  # .cs and .star exports, max abs difference (float32 rounding: ~1e-6)
+#: Mean of n aligned particles vs the noise-free class image: the noise alone limits the
+#: correlation to ρ = sqrt(S / (S + σ²/n)) (S the class image's variance in the disc); the
+#: check allows this much below ρ (alignment errors would cost far more).
+CORRELATION_MARGIN = 0.03
+NOISE_SIGMA = 0.5
+AXIS_TOLERANCE_DEG = 1.0
+RISE_TOLERANCE = 0.015  # relative error of the meridional reflection's 1/rise
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict of the demo: ``what`` measured ``value``, which passes ``threshold``."""
+
+    what: str
+    value: float
+    threshold: str
+    passed: bool
+
+    def __str__(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'}  {self.what}: {self.value:.4g} ({self.threshold})"
+
+
 def run_demo(outdir: str | Path, n_per_class: int = 300, box: int = 128,
-             quiet: bool = True) -> Iterator[str]:
-    """Write a synthetic job under ``outdir`` and export it aligned; yield report lines.
+             quiet: bool = True) -> Iterator[str | Check]:
+    """Write a synthetic job under ``outdir`` and run the jobs on it; yield report lines and
+    :class:`Check` verdicts (the caller fails when any check does).
 
     The aligned particles of each class, averaged, must match the noise-free class image
     (correlation near 1; the noise limits it), and the ``.cs`` and ``.star`` descriptions of
     the same particles must give the same aligned stacks.
     """
     outdir = Path(outdir)
-    job = make_job(outdir, n_per_class=n_per_class, box=box)
+    job = make_job(outdir, n_per_class=n_per_class, box=box, noise_sigma=NOISE_SIGMA)
     yield f"synthetic job: {job.particles_cs} (+ passthrough) and {job.particles_star}"
     truth = open_stack(job.class_images).read(range(3))
     results = {}
@@ -35,20 +62,33 @@ def run_demo(outdir: str | Path, n_per_class: int = 300, box: int = 128,
         yield f"csplugin export-aligned {source} -o {target}"
     stacks = {k: open_stack(r.stacks[0]).read(range(r.particles)) for k, r in results.items()}
     same = float(np.abs(stacks[".cs"] - stacks[".star"]).max())
-    yield f"  .cs and .star exports agree to {same:.1e} (max abs difference)"
+    yield Check(".cs and .star exports, max abs difference", same, f"<= {AGREEMENT_MAX:g}",
+                same <= AGREEMENT_MAX)
     aligned = open_particles(results[".cs"].cs)
     for k in range(3):
         mean = stacks[".cs"][aligned.particles["class_index"].to_numpy() == k].mean(axis=0)
-        yield (f"  class {k}: mean of {n_per_class} aligned particles vs true class image: "
-               f"correlation in the disc {disc_correlation(mean, truth[k]):.4f}")
+        corr = disc_correlation(mean, truth[k])
+        signal = float(np.var(truth[k][disc_mask(box)]))
+        bound = np.sqrt(signal / (signal + NOISE_SIGMA**2 / n_per_class)) - CORRELATION_MARGIN
+        yield Check(f"class {k}: mean of {n_per_class} aligned particles vs true class image, "
+                    "correlation in the disc", corr, f">= {bound:.4f}, the noise limit - "
+                    f"{CORRELATION_MARGIN}", corr >= bound)
     spectra_dir = outdir / "power_spectra"
     result = power_spectra(open_particles(job.particles_cs), spectra_dir,
                            SpectrumOptions(axis="vertical"), overwrite=True)
     yield f"csplugin power-spectrum {job.particles_cs} -o {spectra_dir} --axis vertical"
     spectrum = open_stack(spectra_dir / "ps_class0.mrc").read([0])[0]
     centre = spectrum.shape[0] // 2
-    meridian = spectrum[centre + 4:, centre]  # beyond the low-frequency core
-    peak = (4 + int(np.argmax(meridian))) / (spectrum.shape[0] * job.pixel_size)
-    yield (f"  helical class 0: axis found at {result.axis_angles_deg[0]:.2f} deg (true 0); "
-           f"strongest meridional reflection at 1/{1 / peak:.2f} A (true rise "
-           f"{job.box / 16 * job.pixel_size:.2f} A)")
+    # a meridional reflection is sharp across the meridian, the filament's envelope is broad:
+    # rank each row by the meridian over its neighbours 3-12 px off it (both sides)
+    rows = spectrum[centre + 2:]
+    beside = np.concatenate([rows[:, centre - 12:centre - 2], rows[:, centre + 3:centre + 13]], 1)
+    contrast = rows[:, centre] / np.maximum(beside.mean(axis=1), 1e-30)
+    peak = (2 + int(np.argmax(contrast))) / (spectrum.shape[0] * job.pixel_size)
+    axis = (float(result.axis_angles_deg[0]) + 90) % 180 - 90  # an axis is an angle mod 180°
+    yield Check("helical class 0: axis angle found (deg mod 180, true 0)", axis,
+                f"|error| <= {AXIS_TOLERANCE_DEG}", abs(axis) <= AXIS_TOLERANCE_DEG)
+    rise = job.box / 16 * job.pixel_size
+    yield Check(f"helical class 0: sharpest meridional reflection at 1/x A, true rise {rise:.2f} A",
+                1 / peak, f"within {RISE_TOLERANCE:.1%}",
+                abs(1 / peak - rise) <= RISE_TOLERANCE * rise)
