@@ -95,6 +95,10 @@ def notes(table: ParticleTable, suffix: str) -> list[str]:
                    "alignment (rlnAnglePsi, origins); alignments3D is not written")
     if suffix == ".star" and table.kind == "cs" and p["voltage"].isna().all():
         out.append(_no_ctf_reason(table))
+    if suffix == ".star" and p["image_path"].str.endswith(".mrc").any():
+        out.append("stacks named .mrc (as cryoSPARC writes them): RELION 3.1 reads stacks only "
+                   "as .mrcs, so link them (ln -s x.mrc x.mrcs) and rename in the .star, or "
+                   "export aligned stacks")
     if suffix == ".cs" and "coordinate_x" in p and table.kind == "star" \
             and _micrograph_shapes(table) is None:
         out.append("rlnCoordinateX/Y not written to location/*: the micrographs' shapes are "
@@ -289,10 +293,10 @@ def to_star(table: ParticleTable, *, voltage: float | None = None, cs: float | N
         new[Relion.ANGLE_PSI] = psi
         new[Relion.ORIGIN_X_ANGST], new[Relion.ORIGIN_Y_ANGST] = origin_A[:, 0], origin_A[:, 1]
     klass = p["class_index"].to_numpy(np.int64)
-    if three_d and table.kind == "cs":
+    relion_classes = table.kind == "cs" and Cs.CSPLUGIN_RELION_CLASS in _native_names(table)
+    if three_d and table.kind == "cs" and not relion_classes:
         klass = p["class3d_index"].to_numpy(np.int64)
-    if (klass >= 0).any() or (table.kind == "cs" and Cs.CSPLUGIN_RELION_CLASS in
-                              _native_names(table)):
+    if (klass >= 0).any() or relion_classes:
         new[Relion.CLASS_NUMBER] = cv.to_base(klass, cv.RELION_BASE)  # -1 (none) -> 0
     if three_d and table.kind == "cs" and n and (p["random_subset"] > 0).all():
         new[Relion.RANDOM_SUBSET] = p["random_subset"].to_numpy(np.int64)
