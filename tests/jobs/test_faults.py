@@ -271,7 +271,7 @@ def test_randomized_faults_every_job(job: str, small: SyntheticJob, tmp_path: Pa
     for i, sig in enumerate((signal.SIGKILL, signal.SIGTERM, signal.SIGINT)):
         work = tmp_path / f"t{i}"
         work.mkdir()
-        _log(trial(job, small, work, sig, rng.uniform(0.0, 0.6), reference))
+        _log(trial(job, small, work, sig, rng.uniform(0.0, 0.6), reference, inproc=True))
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The output-directory helper (csplugin.outputs.outdir): lock, build beside and swap, debris.
+"""The output-directory helper (csplugin.outputs.directory): lock, build beside and swap, debris.
 
 Unit tests on small files; the jobs under faults are in test_faults.py."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from csplugin.outputs import outdir as od
+from csplugin.outputs import directory as od
 from csplugin.outputs.paths import relion_path
 from formats import InputError
 
@@ -50,7 +50,7 @@ def test_second_job_is_refused_naming_the_holder(tmp_path: Path) -> None:
         od.claim(out, ["a"], job="toy")
         child = subprocess.run(  # a second process trying the same directory meanwhile
             [sys.executable, "-c", "from pathlib import Path\n"
-             "from csplugin.outputs import outdir as od\n"
+             "from csplugin.outputs import directory as od\n"
              "from formats import InputError\n"
              "try:\n"
              "    with od.transaction():\n"

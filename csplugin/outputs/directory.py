@@ -679,7 +679,7 @@ def claim(outdir: str | Path, products: Iterable[str] = (), *, job: str,
     """
     scopes = _scopes.get()
     if not scopes:
-        raise RuntimeError("claim() must run inside csplugin.outputs.outdir.transaction()")
+        raise RuntimeError("claim() must run inside csplugin.outputs.directory.transaction()")
     key = _key(Path(outdir))
     with _active_lock:
         held = _active.get(key)
