@@ -117,9 +117,29 @@ def write_star(path: str | Path, blocks: dict[str, pd.DataFrame]) -> None:
     """Write data blocks as a RELION 3.1 STAR file, atomically.
 
     Each block is preceded by ``# version 30001``; floats are written with 8 decimals so
-    that float32 values (cryoSPARC's precision) survive a round trip exactly.
+    that float32 values (cryoSPARC's precision) survive a round trip exactly. Strings that
+    contain a space (a path with a space, say) or are empty are written in double quotes,
+    as RELION 3.1 itself writes and reads them.
+
+    Raises
+    ------
+    InputError
+        A string value holds a tab, a line break or a double quote, which no STAR reader
+        can take back (names the block and the label).
     """
-    text = starfile.to_string(blocks, float_format="%.8f", sep=" ")
+    for name, block in blocks.items():
+        for label in block.columns:
+            if not pd.api.types.is_numeric_dtype(block[label]):
+                bad = block[label].map(lambda v: isinstance(v, str) and any(
+                    c in v for c in '\t\n\r"'))
+                if bad.any():
+                    value = block[label][bad].iloc[0]
+                    raise InputError(path, f"cannot hold {label} {value!r} of data_{name}: "
+                                     "STAR values cannot contain tabs, line breaks or double "
+                                     "quotes", "rename the file or directory it names")
+    # starfile quotes strings with spaces; tab-separated so that csv accepts them, then the
+    # tabs (no value holds one) become RELION's single spaces
+    text = starfile.to_string(blocks, float_format="%.8f", sep="\t").replace("\t", " ")
     lines = [line for line in text.splitlines() if not line.startswith("# Created by")]
     out: list[str] = []
     for line in lines:
