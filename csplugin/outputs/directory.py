@@ -69,219 +69,29 @@ import contextvars
 import ctypes
 import datetime
 import errno
-import fcntl
 import glob
 import json
 import os
 import shutil
-import signal
 import socket
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from csplugin.outputs.lock import acquire_lock, command_line, release_lock
+from csplugin.outputs.signals import Terminated, critical, interrupt_handlers
 from formats import InputError
+
+__all__ = ["OutputDir", "Terminated", "claim", "clean_debris", "disk_full", "exchange",
+           "final_path", "interrupt_handlers", "last_outcome", "read_manifest", "single_file",
+           "transaction"]
 
 LOCK_NAME = ".csplugin.lock"
 MANIFEST_NAME = ".csplugin-result.json"
-#: Seconds after which a lock file that holds no readable JSON counts as stale (its writer
-#: died between creating and writing it, a few microseconds).
-UNREADABLE_LOCK_AGE = 10.0
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _INTERNAL = (LOCK_NAME, MANIFEST_NAME)
-
-
-class Terminated(KeyboardInterrupt):
-    """``SIGTERM`` (e.g. SLURM's ``scancel``), raised in the main thread by
-    :func:`interrupt_handlers`; handled like Ctrl-C, exit status 143 in the CLI."""
-
-
-# ------------------------------------------------------------------------------- signals
-_critical_depth = 0
-_pending_signal: int | None = None
-_handlers_installed = False
-
-
-def _raise_for(signum: int) -> None:
-    if signum == signal.SIGTERM:
-        raise Terminated()
-    raise KeyboardInterrupt()
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    global _pending_signal
-    if _critical_depth:
-        _pending_signal = signum  # raised when the commit or clean-up is done
-        return
-    _raise_for(signum)
-
-
-@contextlib.contextmanager
-def interrupt_handlers() -> Iterator[None]:
-    """Raise :class:`Terminated` on ``SIGTERM`` and :class:`KeyboardInterrupt` on ``SIGINT``
-    in the main thread, both held back during commits and clean-ups (nothing is installed
-    outside the main thread)."""
-    global _handlers_installed
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    _handlers_installed = True
-    try:
-        yield
-    finally:
-        _handlers_installed = False
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def _critical() -> Iterator[None]:
-    """Hold back the signals of :func:`interrupt_handlers` (re-raised on leaving)."""
-    global _critical_depth, _pending_signal
-    _critical_depth += 1
-    try:
-        yield
-    finally:
-        _critical_depth -= 1
-        if not _critical_depth and _pending_signal is not None:
-            signum, _pending_signal = _pending_signal, None
-            if _handlers_installed:
-                _raise_for(signum)
-
-
-# ---------------------------------------------------------------------------------- lock
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _proc_start(pid: int) -> str:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat), or ''."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat[stat.rindex(")") + 2:].split()[19]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _command() -> str:
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "python"
-
-
-def lock_holder(lock: Path) -> dict[str, Any] | None:
-    """The JSON of a lock file; None when absent; ``{}`` when unreadable."""
-    try:
-        data = lock.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return {}
-    try:
-        holder = json.loads(data)
-    except ValueError:
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def is_stale(lock: Path, holder: dict[str, Any]) -> bool:
-    """Whether the job that wrote ``holder`` (the JSON of ``lock``) is certainly gone."""
-    if not holder:
-        try:
-            return time.time() - lock.stat().st_mtime > UNREADABLE_LOCK_AGE
-        except OSError:
-            return False
-    if holder.get("host") != socket.gethostname():
-        return False
-    if holder.get("boot_id") and holder.get("boot_id") != _boot_id():
-        return True
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or not _alive(pid):
-        return True
-    return bool(holder.get("proc_start")) and holder.get("proc_start") != _proc_start(pid)
-
-
-def acquire_lock(lock: Path, command: str | None = None) -> dict[str, Any]:
-    """Create ``lock`` (``O_CREAT | O_EXCL``) holding this process's JSON and return it.
-
-    Raises
-    ------
-    InputError
-        The lock is held by a live job here, or by any job on another host.
-    """
-    pid = os.getpid()
-    info = {"pid": pid, "host": socket.gethostname(),
-            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": command or _command(), "proc_start": _proc_start(pid),
-            "boot_id": _boot_id(), "token": uuid.uuid4().hex}
-    data = json.dumps(info).encode()
-    for _ in range(10):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            holder = lock_holder(lock)
-            if holder is None:
-                continue  # released meanwhile
-            if is_stale(lock, holder):
-                _remove_stale_lock(lock, holder)
-                continue
-            raise _held(lock, holder) from None
-        try:
-            os.write(fd, data)
-        except BaseException:
-            os.close(fd)
-            lock.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        return info
-    raise InputError(lock.parent, "its lock kept changing hands",
-                     "another csplugin job is starting there; try again")
-
-
-def _held(lock: Path, holder: dict[str, Any]) -> InputError:
-    who = (f"csplugin pid {holder.get('pid')} on host {holder.get('host')} since "
-           f"{holder.get('started')} ({holder.get('command')})") if holder else "a csplugin job"
-    if holder and holder.get("host") != socket.gethostname():
-        fix = (f"wait for it to finish; if no csplugin job runs on {holder.get('host')}, "
-               f"remove {lock}")
-    else:
-        fix = "wait for it to finish, or choose another output directory"
-    return InputError(lock.parent, f"is in use by {who}", fix)
-
-
-def _remove_stale_lock(lock: Path, seen: dict[str, Any]) -> None:
-    """Unlink ``lock`` if it still holds ``seen``, under an flock of its directory (so that
-    two jobs taking over the same stale lock cannot remove each other's new one)."""
-    fd = os.open(lock.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        if lock_holder(lock) == seen:
-            lock.unlink(missing_ok=True)
-    finally:
-        os.close(fd)  # releases the flock
-
-
-def release_lock(lock: Path, info: dict[str, Any]) -> None:
-    """Remove ``lock`` if it is this job's (same token)."""
-    holder = lock_holder(lock)
-    if holder and holder.get("token") == info.get("token"):
-        lock.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------ exchange
@@ -384,7 +194,7 @@ class OutputDir:
     def __init__(self, path: Path, job: str, command: str | None = None) -> None:
         self.path = Path(path)
         self.job = job
-        self.command = command or _command()
+        self.command = command or command_line()
         self.staging = self.path.parent / f".{self.path.name}.csplugin-new-{os.getpid()}"
         self.in_place = False
         self.needs_bytes: int | None = None
@@ -419,7 +229,7 @@ class OutputDir:
         ``overwrite``, check the space, create the staging directory."""
         global _last_outcome
         _last_outcome = None
-        with _critical():
+        with critical():
             self._created = not os.path.lexists(self.path)
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
@@ -489,7 +299,7 @@ class OutputDir:
         global _last_outcome
         if self._done:
             return
-        with _critical():
+        with critical():
             try:
                 self._commit()
             except BaseException:
@@ -567,7 +377,7 @@ class OutputDir:
         global _last_outcome
         if self._done:
             return
-        with _critical():
+        with critical():
             self._done = True
             _remove_tree(self.staging)
             if self._swapped:
@@ -688,7 +498,7 @@ def claim(outdir: str | Path, products: Iterable[str] = (), *, job: str,
         return held
     out = OutputDir(Path(outdir), job, command)
     out.needs_bytes = needs_bytes
-    with _critical():  # an interrupt lands before or after, never between
+    with critical():  # an interrupt lands before or after, never between
         out.open(products, overwrite, overwrite_hint)
         with _active_lock:
             _active[key] = out
@@ -761,7 +571,7 @@ def single_file(path: str | Path, *, overwrite: bool = False,
     except OSError as exc:
         raise _os_error(path.parent, exc) from None
     lock = path.parent / f".{path.name}.csplugin.lock"
-    with _critical():
+    with critical():
         try:
             info = acquire_lock(lock)
         except OSError as exc:
@@ -778,5 +588,5 @@ def single_file(path: str | Path, *, overwrite: bool = False,
                 raise disk_full(path.parent, None) from None
             raise
     finally:
-        with _critical():
+        with critical():
             release_lock(lock, info)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from csplugin.outputs import directory as od
+from csplugin.outputs import lock as lk
 from csplugin.outputs.paths import relion_path
 from formats import InputError
 
@@ -72,7 +73,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock = {"pid": dead.pid, "host": socket.gethostname(), "started": "x", "command": "old",
-            "proc_start": "1", "boot_id": od._boot_id(), "token": "t"}
+            "proc_start": "1", "boot_id": lk._boot_id(), "token": "t"}
     (out / od.LOCK_NAME).write_text(json.dumps(lock))
     _job(out, {"a": "1"})
     assert _visible(out) == {"a": "1"} and not (out / od.LOCK_NAME).exists()
@@ -82,12 +83,12 @@ def test_lock_of_a_reused_pid_is_stale(tmp_path: Path) -> None:
     """Our own (live) pid with another start time: the pid was reused."""
     lock = tmp_path / "l"
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": "0",
-              "boot_id": od._boot_id()}
-    assert od.is_stale(lock, holder)
-    holder["proc_start"] = od._proc_start(os.getpid())
-    assert not od.is_stale(lock, holder)
+              "boot_id": lk._boot_id()}
+    assert lk.is_stale(lock, holder)
+    holder["proc_start"] = lk._proc_start(os.getpid())
+    assert not lk.is_stale(lock, holder)
     holder["boot_id"] = "another-boot"
-    assert od.is_stale(lock, holder)
+    assert lk.is_stale(lock, holder)
 
 
 def test_lock_from_another_host_is_refused_with_how_to_remove_it(tmp_path: Path) -> None:

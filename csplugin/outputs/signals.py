@@ -1,0 +1,68 @@
+"""SIGINT and SIGTERM during a job: exceptions in the main thread, held back while output
+directories are committed or cleaned up (:mod:`csplugin.outputs.directory`)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+
+class Terminated(KeyboardInterrupt):
+    """``SIGTERM`` (e.g. SLURM's ``scancel``), raised in the main thread by
+    :func:`interrupt_handlers`; handled like Ctrl-C, exit status 143 in the CLI."""
+
+
+_critical_depth = 0
+_pending_signal: int | None = None
+_handlers_installed = False
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGTERM:
+        raise Terminated()
+    raise KeyboardInterrupt()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _pending_signal
+    if _critical_depth:
+        _pending_signal = signum  # raised when the commit or clean-up is done
+        return
+    _raise_for(signum)
+
+
+@contextlib.contextmanager
+def interrupt_handlers() -> Iterator[None]:
+    """Raise :class:`Terminated` on ``SIGTERM`` and :class:`KeyboardInterrupt` on ``SIGINT``
+    in the main thread, both held back during commits and clean-ups (nothing is installed
+    outside the main thread)."""
+    global _handlers_installed
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    _handlers_installed = True
+    try:
+        yield
+    finally:
+        _handlers_installed = False
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def critical() -> Iterator[None]:
+    """Hold back the signals of :func:`interrupt_handlers` (re-raised on leaving)."""
+    global _critical_depth, _pending_signal
+    _critical_depth += 1
+    try:
+        yield
+    finally:
+        _critical_depth -= 1
+        if not _critical_depth and _pending_signal is not None:
+            signum, _pending_signal = _pending_signal, None
+            if _handlers_installed:
+                _raise_for(signum)
