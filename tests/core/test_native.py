@@ -159,8 +159,13 @@ def test_convert_command_refuses_in_one_line_then_accepts_the_options(real: Path
 
 
 def _no_particle_ctf(blocks: dict[str, pd.DataFrame]) -> None:
+    """No per-particle CTF, and optics groups numbered out of order with gaps (so that any
+    renumbering 1..G shows)."""
     blocks["particles"] = blocks["particles"].drop(columns=[
         "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfFigureOfMerit"])
+    renumber = {1: 7, 2: 3, 3: 12, 4: 1, 5: 5, 6: 9}
+    for block in ("optics", "particles"):
+        blocks[block]["rlnOpticsGroup"] = blocks[block]["rlnOpticsGroup"].map(renumber)
 
 
 def test_optics_groups_and_values_survive_star_cs_star_without_particle_ctf(
