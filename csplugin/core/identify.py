@@ -128,6 +128,23 @@ def refuse_lfs_pointer(path: str | Path) -> None:
                            details=("run `git lfs pull` in the repository it came from",))
 
 
+def refuse_image_file(path: str | Path) -> None:
+    """Raise :class:`NotParticles` for an MRC file given where particle metadata belongs."""
+    path = Path(path)
+    if path.suffix.lower() not in (".mrc", ".mrcs", ".st", ".map") or not path.is_file():
+        return
+    from formats.mrc import open_stack  # noqa: PLC0415 -- only for this message
+
+    try:
+        stack = open_stack(path)
+    except InputError:
+        what = "an MRC file"
+    else:
+        what = f"an MRC image stack ({stack.n} images of {stack.box[1]}x{stack.box[0]} px)"
+    raise NotParticles(path, what, fix="pass the .star or .cs that lists its particles and "
+                       "their alignments")
+
+
 def star_outline(path: str | Path) -> StarOutline:
     """Scan a STAR file's blocks and labels (rows are counted, not parsed)."""
     outline = StarOutline()

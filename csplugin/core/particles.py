@@ -194,6 +194,7 @@ def open_particles(path: str | Path, passthrough: str | Path | None = None,
         table = _from_cs(path, passthrough)
         bases = [Path(project_dir)] if project_dir else [path.parent.parent, path.parent]
     else:
+        identify.refuse_image_file(path)
         raise InputError(path, "is neither a .cs nor a .star file",
                          "pass a cryoSPARC .cs or RELION .star particle file")
     p = table.particles
