@@ -38,6 +38,13 @@ N-pixel image is the transform of a 2N-wide autocorrelation, so only the padded
 plane samples it finely enough to be interpolated (against RELION's real-space
 rotation, 2.7 % L2 difference at pad 2 vs 8.4 % at pad 1).
 
+Cost: images are conditioned straight into the input of a cached pyfftw plan
+(:mod:`csplugin.engines.fft`), transformed a batch at a time, and their power is added
+from the plan's output into the half-plane bins (no per-image arrays); one FFT per
+particle whatever the number of classes (:func:`add_spectra`).  The bins are rotated
+straight from their half planes, spectrum, line-masked spectrum and mask in one pass per
+bin, each thread taking its own bins and partial sums.
+
 Detector lines
 --------------
 Detector-fixed artefacts (e.g. a gain-normalisation column) and the box edge
@@ -62,16 +69,18 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numba
 import numpy as np
-import scipy.fft
 from numba import njit, prange
 from numpy.typing import ArrayLike, NDArray
 
-from csplugin.engines.transform import align_images
+from csplugin.engines import fft
+from csplugin.engines.transform import _source_row
 
 __all__ = [
     "PowerSpectrumAccumulator",
     "RotatedSums",
+    "add_spectra",
     "axis_rotation",
     "condition_images",
     "crop_to_resolution",
@@ -87,9 +96,8 @@ __all__ = [
 
 Quantity = Literal["power", "amplitude"]
 
+_GROUP = 4  # psi bins rotated together (their full planes in cache, each output row once)
 _MIN_WEIGHT_FRACTION = 0.05  # below this share of the particles, fall back to the plain average
-_CHUNK_BYTES = 1 << 24  # complex64 FFT output per batch (16 MiB): bounds the transient memory
-_ROTATE_BYTES = 12 << 20  # planes rotated per align_images call (bounds the transient memory)
 
 
 def soft_circular_mask(box: int, radius: float = 0.45, edge: float = 0.05) -> NDArray[np.float32]:
@@ -192,10 +200,16 @@ def fourier_transform(images: NDArray[np.float32], pad: int) -> NDArray[np.compl
         rfft2 half-plane layout: DC at ``[0, 0]``, row = ``ky`` (wrapping),
         column = ``kx >= 0``.
     """
-    m = pad * images.shape[-1]
-    # Transform the N non-zero rows along x first, then the columns: skips the padded rows.
-    f = scipy.fft.rfft(images, n=m, axis=-1, workers=-1)
-    return scipy.fft.fft(f, n=m, axis=-2, workers=-1, overwrite_x=True)
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    n = images.shape[-1]
+    m = pad * n
+    plan = fft.padded_rfft2(n, m, expected=len(images))
+    out = np.empty((len(images), m, m // 2 + 1), np.complex64)
+    for start in range(0, len(images), plan.batch):
+        k = min(plan.batch, len(images) - start)
+        plan.input[:k] = images[start:start + k]
+        out[start:start + k] = plan.execute(k)[:k]
+    return out
 
 
 def spectra_half(images: NDArray[np.float32], pad: int, quantity: Quantity) -> NDArray[np.float32]:
@@ -216,19 +230,6 @@ def spectra_half(images: NDArray[np.float32], pad: int, quantity: Quantity) -> N
     """
     a = np.abs(fourier_transform(images, pad))
     return a * a if quantity == "power" else a
-
-
-@njit(parallel=True, cache=True)
-def _accumulate(f, bins, power, sums):  # pragma: no cover - numba
-    """``sums[bins[i]] += |f[i]|^2`` (or ``|f[i]|``); threads own rows, so no races."""
-    for r in prange(f.shape[1]):
-        for i in range(f.shape[0]):
-            row = sums[bins[i], r]
-            src = f[i, r]
-            for c in range(f.shape[2]):
-                v = src[c]
-                p = v.real * v.real + v.imag * v.imag
-                row[c] += p if power else np.sqrt(p)
 
 
 def half_to_full(half: NDArray[np.floating]) -> NDArray[np.float32]:
@@ -400,22 +401,7 @@ class PowerSpectrumAccumulator:
             raise ValueError(
                 f"need images (n, {box}, {box}) and angles (n,), got {images.shape}, {angles.shape}"
             )
-        bins = self.psi_bins(angles)
-        # Offset from the bin centre, wrapped into [-pi/2, pi/2).
-        offsets = np.mod(angles - bins * self._bin_width + math.pi / 2, math.pi) - math.pi / 2
-        chunk = max(1, _CHUNK_BYTES // (8 * self.size * (self.size // 2 + 1)))
-        for start in range(0, len(bins), chunk):
-            sel = slice(start, start + chunk)
-            x = condition_images(
-                images[sel],
-                subtract_mean=self.mask or self.pad > 1,
-                normalize=self.normalize,
-                mask=self._mask,
-            )
-            f = fourier_transform(x, self.pad)
-            _accumulate(f, bins[sel], self.quantity == "power", self._sums)
-        np.add.at(self._counts, bins, 1)
-        np.add.at(self._offsets, bins, offsets)
+        add_spectra([self], images, angles, np.zeros(len(angles), np.int64))
 
     def psi_bins(self, angles: ArrayLike) -> NDArray[np.int64]:
         """The psi bin ``(n,)`` in ``[0, n_bins)`` that :meth:`add` puts each angle (rad) in.
@@ -477,31 +463,19 @@ class PowerSpectrumAccumulator:
         m = self.size
         used = np.flatnonzero(self._counts)
         angles = used * self._bin_width + self._offsets[used] / self._counts[used] + extra_rotation
-        plain = np.zeros((m, m), dtype=np.float64)
-        lines = None
-        weighted = weight = None
-        if self.suppress_detector_lines:
-            lines = detector_line_weights(m, self.pad + self.pad // 2)
-            weighted = np.zeros((m, m), dtype=np.float64)
-            weight = np.zeros((m, m), dtype=np.float64)
-        # one align_images call per batch: the spectra, and with suppression the masked
-        # spectra and the masks, rotated together (few parallel launches, bounded planes)
-        parts = 1 if lines is None else 3
-        batch = max(1, _ROTATE_BYTES // (parts * 4 * m * m))
-        for start in range(0, len(used), batch):
-            bins = used[start:start + batch]
-            full = half_to_full(self._sums[bins])
-            planes = [full]
-            if lines is not None:
-                planes += [full * lines, np.multiply.outer(self._counts[bins].astype(np.float32),
-                                                          lines)]
-            rotated = _rotate(np.concatenate(planes), np.tile(angles[start:start + batch], parts))
-            rotated = rotated.reshape(parts, len(bins), m, m).sum(axis=1, dtype=np.float64)
-            plain += rotated[0]
-            if weighted is not None and weight is not None:
-                weighted += rotated[1]
-                weight += rotated[2]
-        camera = self._sums.sum(axis=0, dtype=np.float64)
+        suppress = self.suppress_detector_lines
+        halfwidth = self.pad + self.pad // 2 if suppress else -1
+        # one task per thread, each with its own partial sums (bins t, t + T, ...)
+        tasks = max(1, min(numba.get_num_threads(), len(used)))
+        partial = np.zeros((tasks, 3 if suppress else 1, m, m), dtype=np.float64)
+        cameras = np.zeros((tasks, m, m // 2 + 1), dtype=np.float64)
+        _rotate_bins(self._sums, used, np.cos(angles), np.sin(angles),
+                     self._counts[used].astype(np.float32), halfwidth, partial, cameras)
+        totals = partial.sum(axis=0)
+        del partial
+        plain = totals[0]
+        weighted, weight = (totals[1], totals[2]) if suppress else (None, None)
+        camera = cameras.sum(axis=0)
         return RotatedSums(plain, weighted, weight, camera, self.n)
 
     def _check_not_empty(self) -> None:
@@ -509,9 +483,203 @@ class PowerSpectrumAccumulator:
             raise ValueError("no particles added")
 
 
-def _rotate(planes: NDArray[np.float32], angles: NDArray[np.float64]) -> NDArray[np.float32]:
-    """Rotate centred planes ``(k, M, M)`` by ``+angles`` about DC (bilinear, zero outside)."""
-    return align_images(planes, angles, np.zeros((len(angles), 2)), interpolation="linear")
+def add_spectra(accumulators: list[PowerSpectrumAccumulator], images: ArrayLike,
+                angles: ArrayLike, owners: ArrayLike) -> None:
+    """Add particles to several accumulators of the same settings, one FFT per image.
+
+    Parameters
+    ----------
+    accumulators
+        Accumulators with equal ``box``, ``pad``, ``mask``, ``normalize``, ``quantity``
+        (e.g. one per class).
+    images : array_like, shape (n, N, N)
+        Raw (unrotated, unshifted) particle images.
+    angles : array_like, shape (n,)
+        Internal in-plane angles in radians (see :meth:`PowerSpectrumAccumulator.add`).
+    owners : array_like, shape (n,), int
+        Index into ``accumulators`` of each image's accumulator; negative: leave the
+        image out (it is not transformed).
+
+    Each image is conditioned straight into the input of a cached FFT plan
+    (:func:`csplugin.engines.fft.padded_rfft2`), transformed with the other images of its
+    batch, and its ``|F|²`` (or ``|F|``) added from the plan's output into its psi bin on
+    the half plane; no per-image arrays are allocated.
+    """
+    if not accumulators:
+        raise ValueError("no accumulators")
+    first = accumulators[0]
+    keys = ("box", "pad", "mask", "normalize", "quantity")
+    if any(getattr(a, k) != getattr(first, k) for a in accumulators for k in keys):
+        raise ValueError("accumulators differ in box, pad, mask, normalize or quantity")
+    images = np.asarray(images)
+    angles = np.asarray(angles, dtype=np.float64)
+    owners = np.asarray(owners, dtype=np.int64)
+    box = first.box
+    if (images.ndim != 3 or images.shape[1:] != (box, box) or angles.shape != images.shape[:1]
+            or owners.shape != angles.shape):
+        raise ValueError(f"need images (n, {box}, {box}), angles (n,) and owners (n,), got "
+                         f"{images.shape}, {angles.shape}, {owners.shape}")
+    if owners.size and owners.max() >= len(accumulators):
+        raise ValueError("owner index past the accumulators")
+    keep = np.flatnonzero(owners >= 0)
+    if keep.size == 0:
+        return
+    if keep.size != len(owners):
+        images, angles, owners = images[keep], angles[keep], owners[keep]
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    bins = first.psi_bins(angles)
+    subtract = first.mask or first.pad > 1
+    plan = fft.padded_rfft2(box, first.size, expected=max(len(images), fft.MEASURE_FROM))
+    weights = first._mask if first._mask is not None else np.ones((box, box), np.float32)
+    plain = not subtract and not first.normalize and first._mask is None
+    power = first.quantity == "power"
+    for start in range(0, len(images), plan.batch):
+        k = min(plan.batch, len(images) - start)
+        target = plan.input[:k]
+        if plain:
+            np.copyto(target, images[start:start + k])
+        else:
+            _condition(images[start:start + k], target, subtract or first.normalize,
+                       first.normalize, weights)
+        spectra = plan.execute(k)
+        mine = owners[start:start + k]
+        for a in np.unique(mine):
+            slots = np.flatnonzero(mine == a)
+            fft.accumulate_power(spectra, slots, bins[start + slots], accumulators[a]._sums,
+                                 power)
+    for a in np.unique(owners):
+        acc = accumulators[a]
+        sel = owners == a
+        b = bins[sel]
+        # offset from the bin centre, wrapped into [-pi/2, pi/2)
+        offsets = np.mod(angles[sel] - b * acc._bin_width + math.pi / 2, math.pi) - math.pi / 2
+        np.add.at(acc._counts, b, 1)
+        np.add.at(acc._offsets, b, offsets)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _rotate_bins(sums, used, cos_a, sin_a, counts, halfwidth, partial, camera
+                 ):  # pragma: no cover - numba
+    """Rotate the half-plane bin sums ``sums[used]`` by their angles about DC and add them up.
+
+    Per bin and output pixel this is exactly
+    :func:`~csplugin.engines.transform.align_images` ``(..., interpolation="linear")`` of
+    the centred full plane (:func:`half_to_full`), rounded to float32 and added in float64.
+    ``partial`` ``(T, P, M, M)`` float64 (zeros) gets one partial sum per task ``t`` (bins
+    ``t, t + T, ...``): ``[t, 0]`` the rotated spectra and, with ``halfwidth >= 0`` (``P =
+    3``), ``[t, 1]`` the rotated line-masked spectra and ``[t, 2]`` the rotated bin count
+    times the line mask. ``camera`` ``(T, M, M//2 + 1)`` gets the unrotated sums. Each task
+    expands one bin at a time into its own full plane (in cache while it is rotated).
+    """
+    m = sums.shape[1]
+    half = sums.shape[2]
+    centre = m // 2
+    lines = halfwidth >= 0
+    stride = m + 1
+    # the line mask on the zero-bordered full plane (RELION's padding: 0 beyond the edge)
+    mask = np.zeros(stride * stride, dtype=np.float32)
+    for r in range(m):
+        for c in range(m):
+            if abs(c - centre) > halfwidth and abs(r - centre) > halfwidth:
+                mask[r * stride + c] = 1.0
+    tasks = partial.shape[0]
+    for t in prange(tasks):
+        mine = used[t::tasks]
+        my_cos = cos_a[t::tasks]
+        my_sin = sin_a[t::tasks]
+        my_counts = counts[t::tasks]
+        out = partial[t]
+        cam = camera[t]
+        group = np.zeros((_GROUP, stride * stride), dtype=np.float32)
+        rows = np.zeros((3, m), dtype=np.float64)
+        inside = np.empty(m, dtype=np.bool_)
+        base = np.empty(m, dtype=np.uint64)
+        fu = np.empty(m)
+        fv = np.empty(m)
+        for g0 in range(0, mine.shape[0], _GROUP):
+            size = min(_GROUP, mine.shape[0] - g0)
+            for g in range(size):  # expand the group's bins (they stay in cache while used)
+                b = mine[g0 + g]
+                for r in range(m):
+                    src = sums[b, r]
+                    for c in range(half):
+                        cam[r, c] += src[c]
+                _expand(sums[b], group[g], m, half, centre, stride)
+            for i in range(m):  # each output row: every bin of the group, then added once
+                rows[:] = 0.0
+                for g in range(size):
+                    _rotate_row(group[g], mask, my_cos[g0 + g], my_sin[g0 + g],
+                                my_counts[g0 + g], i, m, stride, lines, rows, inside, base, fu, fv)
+                for j in range(m):
+                    out[0, i, j] += rows[0, j]
+                if lines:
+                    for j in range(m):
+                        out[1, i, j] += rows[1, j]
+                        out[2, i, j] += rows[2, j]
+
+
+@njit(cache=True, inline="always")
+def _rotate_row(full, mask, cs, sn, n, i, m, stride, lines, rows, inside, base, fu, fv
+                ):  # pragma: no cover - numba
+    """Add output row ``i`` of the flat zero-bordered plane ``full`` rotated (exactly
+    :func:`~csplugin.engines.transform.align_images` linear, rounded to float32) into
+    ``rows[0]``; with ``lines`` the line-masked plane into ``rows[1]`` and ``n`` times the
+    rotated line mask into ``rows[2]``. ``inside``, ``base``, ``fu``, ``fv``: scratch."""
+    _source_row(i, cs, sn, 0.0, 0.0, m, 1, stride, 0, inside, base, fu, fv)
+    right, down = np.uint64(1), np.uint64(stride)
+    for j in range(m):
+        if not inside[j]:
+            continue
+        wx, wy, p = fu[j], fv[j], base[j]
+        w00 = (1.0 - wy) * (1.0 - wx)
+        w01 = (1.0 - wy) * wx
+        w10 = wy * (1.0 - wx)
+        w11 = wy * wx
+        f00 = full[p]
+        f01 = full[p + right]
+        f10 = full[p + down]
+        f11 = full[p + down + right]
+        val = w00 * f00
+        val += w01 * f01
+        val += w10 * f10
+        val += w11 * f11
+        rows[0, j] += np.float32(val)
+        if lines:
+            l00 = mask[p]
+            l01 = mask[p + right]
+            l10 = mask[p + down]
+            l11 = mask[p + down + right]
+            val = w00 * (f00 * l00)
+            val += w01 * (f01 * l01)
+            val += w10 * (f10 * l10)
+            val += w11 * (f11 * l11)
+            rows[1, j] += np.float32(val)
+            val = w00 * (n * l00)
+            val += w01 * (n * l01)
+            val += w10 * (n * l10)
+            val += w11 * (n * l11)
+            rows[2, j] += np.float32(val)
+
+
+@njit(cache=True, inline="always")
+def _expand(half_plane, full, m, half, centre, stride):  # pragma: no cover - numba
+    """Centred full plane of a half plane (as :func:`half_to_full`) into the first ``m``
+    rows and columns of the flat ``(m + 1, m + 1)`` plane ``full`` (the border stays 0)."""
+    for r in range(m):
+        r0 = r - centre
+        if r0 < 0:
+            r0 += m
+        r1 = m - r0
+        if r1 == m:
+            r1 = 0
+        row = full[r * stride:r * stride + m]
+        a = half_plane[r0]
+        bneg = half_plane[r1]
+        for c in range(m):
+            c0 = c - centre
+            if c0 < 0:
+                c0 += m
+            row[c] = a[c0] if c0 < half else bneg[m - c0]
 
 
 def estimate_axis_angle(image: ArrayLike) -> float:

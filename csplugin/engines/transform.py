@@ -57,6 +57,8 @@ import numpy as np
 from numba import njit, prange
 from numpy.typing import ArrayLike, NDArray
 
+from csplugin.engines import fft as _fft  # noqa: F401  (sets the OpenMP wait policy first)
+
 __all__ = ["INTERPOLATIONS", "align_images", "source_coordinates"]
 
 INTERPOLATIONS: tuple[str, ...] = ("linear", "cubic")
