@@ -92,9 +92,7 @@ def info(
         out.print(f"is             {summary['what']}")
         for line in summary["details"]:
             out.print(f"  {line}", markup=False, highlight=False)
-        scope = ("csplugin handles 2D single-particle images only" if summary["tomography"]
-                 else "not a particle file")
-        out.print(f"usable         no: {scope}")
+        out.print(f"usable         no: {summary['why']}")
         out.print(f"instead        {summary['advice']}", markup=False, highlight=False)
     else:
         _print_summary(summary)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from csplugin.core.fields import Relion
+from csplugin.core.fields import Cs, Relion
 from formats import InputError
 
 #: First bytes of a Git LFS pointer (https://github.com/git-lfs/git-lfs/blob/main/docs/spec.md).
@@ -63,16 +63,17 @@ class NotParticles(InputError):
     """
 
     def __init__(self, path: str | Path | None, what: str, tomography: bool = False,
-                 details: tuple[str, ...] = (), fix: str = "") -> None:
+                 details: tuple[str, ...] = (), fix: str = "", why: str = "") -> None:
         self.what, self.tomography, self.details = what, tomography, tuple(details)
-        self.advice = fix
-        if tomography:
-            super().__init__(path, f"is {what}; {SCOPE}", fix or _TOMO_FIX)
+        self.advice, self.why = fix, why or (SCOPE if tomography else "not a particle file")
+        if tomography or why:
+            super().__init__(path, f"is {what}; {self.why}", fix or _TOMO_FIX)
         else:
-            super().__init__(path, f"is {what}, not a particle file", fix or _OTHER_FIX)
+            super().__init__(path, f"is {what}, {self.why}", fix or _OTHER_FIX)
 
     def __reduce__(self) -> tuple[type, tuple]:  # type: ignore[override]
-        return type(self), (self.path, self.what, self.tomography, self.details, self.advice)
+        return type(self), (self.path, self.what, self.tomography, self.details, self.advice,
+                            self.why)
 
 
 @dataclass
@@ -257,6 +258,27 @@ def identify_star(path: str | Path, outline: StarOutline) -> NotParticles | None
     if Relion.IMAGE_NAME in labels and three_d:
         return refuse(f"subtomogram particles ({', '.join(three_d)}: 3D coordinates or 3D CTF "
                       "volumes)", True)
+    return None
+
+
+def identify_cs(path: str | Path, fields: set[str]) -> NotParticles | None:
+    """What a cryoSPARC dataset is when its fields show it holds no particle images, else None."""
+    if Cs.A2D_NUM_PARTICLES in fields or any(f.startswith("blob_selected/") for f in fields):
+        return NotParticles(path, "a cryoSPARC class-averages (templates) dataset "
+                            f"({Cs.A2D_NUM_PARTICLES})",
+                            fix="pass the particles .cs of the 2D classification")
+    if Cs.BLOB_PATH in fields:
+        return None
+    slots = sorted({f.split("/")[0] for f in fields if "/" in f})
+    if any(s in slots for s in ("micrograph_blob", "movie_blob", "micrograph_blob_non_dw")):
+        return NotParticles(path, f"a cryoSPARC exposures dataset ({', '.join(slots[:4])})",
+                            fix="pass the particles .cs of an Extract or 2D classification job")
+    if "location" in slots or any(s.startswith("alignments") for s in slots):
+        return NotParticles(path, "cryoSPARC particle metadata without images (slots "
+                            f"{', '.join(slots[:4])}{'…' if len(slots) > 4 else ''})",
+                            why="no blob/* slot, so no particle image to read",
+                            fix="pass the particles .cs of an Extract or 2D classification job, "
+                            "or add its passthrough (--passthrough)")
     return None
 
 

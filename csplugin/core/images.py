@@ -76,6 +76,11 @@ def check_stacks(table: ParticleTable) -> dict[str, Stack]:
             raise InputError(path, f"has {stacks[path].n} images but {table.source} refers to "
                              f"image {index} (0-based)",
                              "check that the metadata matches the stacks")
+    for path in _volumes(p, stacks):
+        raise InputError(path, f"holds {stacks[path].n} sections and {table.source} names it "
+                         "without N@, so it is one 3D volume (as RELION reads it); "
+                         "csplugin handles 2D single-particle images only",
+                         "pass 2D particle images (N@stack names)")
     boxes = p.groupby("stack")["box"].first()
     for path, box in boxes.items():
         if stacks[path].box != (box, box):
@@ -138,11 +143,25 @@ def audit_stacks(table: ParticleTable) -> list[StackProblem]:
             problems.append(StackProblem(
                 path, "index past end", f"holds {stack.n} images but {past} particle(s) refer to "
                 f"images up to {int(last[path])} (0-based)", past))
+        if path in _volumes(p, {path: stack}):
+            problems.append(StackProblem(
+                path, "3D volume", f"holds {stack.n} sections and is named without N@: one 3D "
+                "volume, as RELION reads it (csplugin handles 2D images only)", n))
+            continue
         if stack.box != (boxes[path], boxes[path]):
             problems.append(StackProblem(
                 path, "box mismatch", f"holds {stack.box[1]}x{stack.box[0]} images, the metadata "
                 f"says {boxes[path]} px", n))
     return problems
+
+
+def _volumes(p: pd.DataFrame, stacks: dict[str, Stack]) -> list[str]:
+    """Stacks referenced by a name without ``N@`` (the ``whole_file`` column of a ``.star``
+    input) that hold more than one section: RELION reads each such file as one 3D volume."""
+    if "whole_file" not in p or not p["whole_file"].any():
+        return []
+    named = set(p.loc[p["whole_file"].to_numpy(bool), "stack"])
+    return sorted(path for path in named if path in stacks and stacks[path].n > 1)
 
 
 def _open(path: str) -> Stack:

@@ -14,6 +14,7 @@ Normalised columns
 ``image_path``      stack path as written in the input (``>`` stripped)
 ``stack``           absolute path of the stack on this machine
 ``stack_index``     0-based image index within the stack
+``whole_file``      ``.star`` only: the name had no ``N@`` (the whole file is the image)
 ``pixel_size``      Å/px of the particle images
 ``box``             image size N (pixels)
 ``angle``           θ, radians (internal convention)
@@ -223,6 +224,9 @@ def _from_cs(path: Path, passthrough: str | Path | None) -> ParticleTable:
         identify.refuse_lfs_pointer(pt_path)
         data = merge_passthrough(data, read_cs(pt_path), pt_path)
     fields = set(data.dtype.names)
+    found = identify.identify_cs(path, fields)
+    if found is not None:
+        raise found
     for needed in ("blob/path", "blob/idx", "blob/psize_A", "blob/shape"):
         if needed not in fields:
             raise InputError(path, f"has no field '{needed}'",
@@ -304,6 +308,8 @@ def _from_star(path: Path) -> ParticleTable:
     p = pd.DataFrame({"uid": np.arange(n, dtype=np.uint64)})
     p["image_path"] = stacks
     p["stack_index"] = cv.from_base(numbers, cv.RELION_BASE)
+    # a name without N@ is the whole file: RELION reads a file of several sections as a volume
+    p["whole_file"] = ~particles[Relion.IMAGE_NAME].astype(str).str.contains("@", regex=False)
     p["pixel_size"] = pixel_size
     p["box"] = box if box is not None else np.zeros(n, np.int64)
     if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(particles):

@@ -28,7 +28,7 @@ def inspect(path: str | Path, passthrough: str | Path | None = None,
     -------
     dict
         :func:`describe`'s summary, or for a file that is not a 2D particle file
-        ``{"file", "format": "not 2D particles", "what", "tomography", "details",
+        ``{"file", "format": "not 2D particles", "what", "tomography", "details", "why",
         "reason", "advice", "ok": False}``.
 
     Raises
@@ -41,7 +41,7 @@ def inspect(path: str | Path, passthrough: str | Path | None = None,
     except NotParticles as exc:
         return {"file": str(path), "format": "not 2D particles", "what": exc.what,
                 "tomography": exc.tomography, "details": list(exc.details),
-                "reason": str(exc), "advice": exc.fix, "ok": False}
+                "why": exc.why, "reason": str(exc), "advice": exc.fix, "ok": False}
     return describe(table, check_stacks=True)
 
 

@@ -320,3 +320,99 @@ def _edit_particle_value(real: Path, tmp_path: Path, row: int, label_index: int,
     star = tmp_path / "edited.star"
     star.write_text("\n".join(lines) + "\n")
     return star
+
+
+# ------------------------------------------------------- more files that are not particles
+def test_cs_without_blob_slot_is_named(real: Path) -> None:
+    """cryosparc-tools' 4k_dataset.cs: alignments, location and pick_stats but no blob slot."""
+    with pytest.raises(NotParticles, match="cryoSPARC particle metadata without images.*no "
+                                           "blob/\\* slot"):
+        open_particles(real / "cryosparc-tools/4k_dataset.cs")
+
+
+def test_cs_class_averages_are_not_taken_for_particles(real: Path, tmp_path: Path) -> None:
+    """A templates dataset (blob + alignments2D/num_particles), made from the real J2 file."""
+    data = read_cs(real / "cryodrgn/cryosparc_J2_particles_exported.cs")
+    names = ["uid", "blob/path", "blob/idx", "blob/shape", "blob/psize_A", "alignments2D/class"]
+    import numpy.lib.recfunctions as rfn
+    templates = rfn.append_fields(data[names][:5], "alignments2D/num_particles",
+                                  np.arange(5, dtype=np.uint32), usemask=False)
+    write_cs(tmp_path / "J2_020_class_averages.cs", templates)
+    with pytest.raises(NotParticles, match="class-averages"):
+        open_particles(tmp_path / "J2_020_class_averages.cs")
+
+
+def test_star_without_image_names_is_named(real: Path, tmp_path: Path) -> None:
+    """relion31.star without rlnImageName: picked coordinates; without coordinates too: a
+    micrograph list."""
+    lines = (real / "cryodrgn/relion31.star").read_text().splitlines()
+    labels = [line.split()[0] for line in lines if line.startswith("_rln")]
+    start = lines.index(next(line for line in lines if line.startswith("_rlnCoordinateX")))
+    particle_labels = labels[labels.index("_rlnCoordinateX"):]
+
+    def drop(names: set[str]) -> Path:
+        keep = [i for i, label in enumerate(particle_labels) if label not in names]
+        out = lines[:start] + [f"{particle_labels[i]} #{k + 1}" for k, i in enumerate(keep)]
+        for line in lines[start + len(particle_labels):]:
+            values = line.split()
+            out.append(" ".join(values[i] for i in keep) if len(values) == len(particle_labels)
+                       else line)
+        path = tmp_path / f"drop{len(names)}.star"
+        path.write_text("\n".join(out) + "\n")
+        return path
+
+    with pytest.raises(NotParticles, match="picked coordinates"):
+        open_particles(drop({"_rlnImageName"}))
+    with pytest.raises(NotParticles, match="list of micrographs"):
+        open_particles(drop({"_rlnImageName", "_rlnCoordinateX", "_rlnCoordinateY"}))
+
+
+def test_model_file_is_named(real: Path, tmp_path: Path) -> None:
+    """A model file (data_model_general + data_model_classes), the layout RELION's
+    run_itNNN_model.star and csplugin's own class_averages.star use."""
+    model = tmp_path / "run_it025_model.star"
+    model.write_text("data_model_general\n\n_rlnReferenceDimensionality 2\n_rlnNrClasses 1\n\n"
+                     "data_model_classes\n\nloop_\n_rlnReferenceImage #1\n"
+                     "_rlnClassDistribution #2\n000001@run_it025_classes.mrcs 1.0\n")
+    with pytest.raises(NotParticles, match="RELION model file"):
+        open_particles(model)
+
+
+def test_image_stack_given_as_metadata_is_named(real: Path, capsys: pytest.CaptureFixture
+                                                ) -> None:
+    code, out, _ = run_cli(capsys, "info", str(real / "cryodrgn/relion31.mrcs"))
+    assert code == 2 and "an MRC image stack (5 images of 256x256 px)" in out
+
+
+def test_volume_named_without_slice_is_refused(real: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """A name without N@ is the whole file, which RELION reads as one 3D volume when it has
+    several sections; slice 1 must not be taken for the particle."""
+    text = (real / "cryodrgn/relion31.star").read_text()
+    for i in range(1, 6):
+        text = text.replace(f"00000{i}@relion31.mrcs", "relion31.mrcs")
+    star = tmp_path / "volumes.star"
+    star.write_text(text)
+    shutil.copy(real / "cryodrgn/relion31.mrcs", tmp_path)
+    code, out, _ = run_cli(capsys, "info", str(star), "--project-dir", str(tmp_path))
+    assert code == 2 and "3D volume" in out
+    code, _, err = run_cli(capsys, "export-aligned", str(star), "--project-dir", str(tmp_path),
+                           "-o", str(tmp_path / "out"))
+    assert_one_line(code, err, "one 3D volume (as RELION reads it)")
+
+
+def test_single_image_file_named_without_slice_is_read(real: Path, tmp_path: Path) -> None:
+    """A single-section file named without N@ is one 2D image (RELION's reading too)."""
+    from formats.mrc import open_stack, write_stack
+
+    images = open_stack(real / "cryodrgn/relion31.mrcs").read([0, 1])
+    for i in range(2):
+        write_stack(tmp_path / f"p{i}.mrc", images[i:i + 1], voxel_size=2.806)
+    text = (real / "cryodrgn/relion31.star").read_text()
+    text = text.replace("000001@relion31.mrcs", "p0.mrc").replace("000002@relion31.mrcs",
+                                                                  "p1.mrc")
+    lines = [line for line in text.splitlines() if "@relion31.mrcs" not in line]
+    star = tmp_path / "single.star"
+    star.write_text("\n".join(lines) + "\n")
+    table = open_particles(star, project_dir=tmp_path)
+    np.testing.assert_array_equal(table.images[:], images)
