@@ -1,0 +1,370 @@
+"""The helical part of the power-spectrum job: half sets, class averages, layer lines,
+symmetry candidates and the files people and indexing tools read.
+
+Called by :func:`csplugin.jobs.power_spectrum.power_spectra` once the class spectra are
+summed. Per class it
+
+1. turns the average rebuilt from the class's particles exactly as its spectrum (same axis
+   angle, same rotation) and centres it across the axis
+   (:func:`csplugin.engines.filament.turn_and_centre`);
+2. detects layer lines in the class spectrum (axis vertical; a ``horizontal`` spectrum is
+   transposed, a ``class``-frame one turned for the detection only), with the agreement of
+   the two half-set spectra along each (:func:`csplugin.engines.layer_lines.detect_layer_lines`);
+3. ranks helical lattices (rise, twist, Cn) that explain them
+   (:func:`csplugin.engines.helical_index.index_helix`) for a helix radius range given by the
+   user or estimated from the width of the turned average;
+
+and writes (names in the job's output directory)
+
+==============================  ============================================================
+``ps_classes.mrcs``             every class spectrum, one slice each, in ``stack_order``
+``ps_classes_half1/2.mrcs``     the same for the two half sets (split by filament)
+``class_averages.mrcs``         each class's average, turned and centred like its spectrum
+``layer_lines.csv``             ``class, height_inv_A, peak_radius_inv_A, strength,
+                                half_agreement, meridional``
+``helical_candidates.csv``      ``class, rank, rise_A, twist_deg, csym, pitch_A, score,
+                                matched_lines, note``
+``ps_class{k}.png``             average | spectrum (lines, top candidate) | profiles
+``ps_class{k}_agreement.png``   half-set agreement along each layer line
+``index.html``                  all of it on one page (images beside it)
+==============================  ============================================================
+
+Half sets (:func:`filament_halves`) never split a filament: overlapping segments of one
+filament share signal *and noise*, so a segment-wise split would make noise peaks agree.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from csplugin.core.particles import ParticleTable
+from csplugin.engines.filament import (
+    apply_filament_masks,
+    filament_axis_angle,
+    filament_axis_offset,
+    filament_masks,
+    turn_and_centre,
+)
+from csplugin.engines.helical_index import HelicalCandidate, helix_radius_range, index_helix
+from csplugin.engines.layer_lines import LayerLine, detect_layer_lines
+from csplugin.engines.power_spectrum import RotatedSums, axis_rotation, crop_to_resolution, to_log
+from csplugin.outputs import helical_report, spectrum_figures
+from formats.mrc import write_stack
+
+__all__ = ["ClassExtras", "ClassIndex", "filament_halves", "helical_outputs"]
+
+#: Particles per class averaged for the filament mask's axis (read before the pass).
+AXIS_PARTICLES = 500
+#: Layer lines shown and used at most per class (strongest first).
+MAX_LINES = 40
+
+
+@dataclass
+class ClassExtras:
+    """What the reading pass collects per class beside its spectrum sums."""
+
+    half1: RotatedSums | None = None
+    half2: RotatedSums | None = None
+    average_sum: np.ndarray | None = None  # sum of the aligned particles, class frame
+    average_count: int = 0
+
+
+@dataclass
+class ClassIndex:
+    """The helical results of one class."""
+
+    k: int
+    axis_angle_deg: float | None
+    rotation_deg: float
+    average: np.ndarray | None  # turned and centred
+    radius_range: tuple[float, float] | None
+    radius_source: str
+    lines: list[LayerLine] = field(default_factory=list)
+    candidates: list[HelicalCandidate] = field(default_factory=list)
+    seconds: float = 0.0
+    message: str = ""
+
+
+def filament_halves(table: ParticleTable) -> tuple[np.ndarray, str]:
+    """Half set (0 or 1) of every particle, never splitting a filament.
+
+    * With filament ids (cryoSPARC ``filament/filament_uid``, RELION ``rlnHelicalTubeID``,
+      which RELION numbers per micrograph, so paired with the micrograph when known): whole
+      filaments go to the half with fewer particles so far, largest filament first (ties by
+      first appearance), so the halves are balanced and no filament is in both.
+    * Without filament ids but with micrographs: the same with whole micrographs (no filament
+      can be in both halves then either).
+    * With neither: within each class, the first half of its particles in input order and the
+      second half (segments of a filament are usually consecutive in the input, so at most
+      the filament at the cut is shared); stated in ``summary.json``.
+
+    Returns
+    -------
+    halves : ndarray, shape (n,), int64
+    how : str
+        Which rule was used, for ``summary.json``.
+    """
+    p = table.particles
+    n = len(p)
+    tube = p["helical_tube_id"].to_numpy(np.int64) if "helical_tube_id" in p else np.full(n, -1)
+    mic = p["micrograph"] if "micrograph" in p else None
+    if n and (tube >= 0).all():
+        keys = pd.Series(tube.astype(str)) if mic is None else (
+            mic.astype(str).reset_index(drop=True) + "\x00" + pd.Series(tube.astype(str)))
+        how = "filament (helical_tube_id" + ("" if mic is None else " per micrograph") + ")"
+    elif mic is not None and n and mic.notna().all():
+        keys = mic.astype(str).reset_index(drop=True)
+        how = "micrograph (no filament ids; whole micrographs per half)"
+    else:
+        classes = p["class_index"].to_numpy()
+        halves = np.zeros(n, np.int64)
+        for c in np.unique(classes):
+            rows = np.flatnonzero(classes == c)
+            halves[rows[len(rows) // 2:]] = 1
+        return halves, ("input order (no filament or micrograph ids: first and second half of "
+                        "each class's particles; a filament at the cut may be in both)")
+    codes, _ = pd.factorize(keys)
+    sizes = np.bincount(codes)
+    order = np.lexsort((np.arange(len(sizes)), -sizes))
+    side = np.zeros(len(sizes), np.int64)
+    totals = [0, 0]
+    for g in order:
+        h = 0 if totals[0] <= totals[1] else 1
+        side[g] = h
+        totals[h] += int(sizes[g])
+    return side[codes], how
+
+
+def filament_masker(subset: ParticleTable, stacks: dict[str, Any], group: list[int | None],
+                    given: dict[int, float] | None, stored: dict[int, np.ndarray],
+                    options: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """With ``options.filament_width``: a function ``(images, rows) -> conditioned images``
+    that applies each particle's soft rectangle along its class's axis (width in Å, length
+    0.9 N, cosine edges 0.05 N, times the soft circle), normalised as the circular path
+    (:func:`csplugin.engines.filament.apply_filament_masks`). The axis and its offset come
+    from the given angle or the stored average, else from an average of the first
+    ``AXIS_PARTICLES`` particles of the class, read before the pass. None without a width."""
+    if options.filament_width is None:
+        return None
+    from csplugin.core.images import iter_chunks
+    from csplugin.engines.power_spectrum import soft_circular_mask
+    from csplugin.engines.transform import align_images
+    from csplugin.jobs.runners import task_table, used_stacks
+
+    numbers = subset.class_numbers()
+    box, pixel = subset.box(), subset.pixel_size()
+    p = subset.particles
+    geometry: dict[int | None, tuple[float, float]] = {}
+    for k in group:
+        rows = np.flatnonzero(numbers == k) if k is not None else np.arange(len(subset))
+        if k is not None and k in stored:
+            image = stored[k]
+        else:
+            first = rows[:AXIS_PARTICLES]
+            part = task_table(subset, first)
+            total = np.zeros((box, box), np.float64)
+            for r, images in iter_chunks(part, stacks=used_stacks(subset, first, stacks)):
+                q = part.particles.iloc[r]
+                total += align_images(images, q["angle"].to_numpy(),
+                                      q[["shift_x", "shift_y"]].to_numpy(), "linear").sum(axis=0)
+            image = total / max(len(first), 1)
+        angle = (math.radians(given[k]) if given and k in given
+                 else filament_axis_angle(image))
+        geometry[k] = (angle, filament_axis_offset(image, angle))
+    circle = soft_circular_mask(box)
+    width_px = float(options.filament_width) / pixel
+    angles_all = p["angle"].to_numpy()
+    shifts_all = p[["shift_x", "shift_y"]].to_numpy()
+
+    def apply(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        masks = np.empty(images.shape, np.float32)
+        ks = numbers[rows] if group != [None] else np.full(len(rows), None)
+        for k in set(ks.tolist()):
+            sel = np.flatnonzero(ks == k) if k is not None else np.arange(len(rows))
+            angle, offset = geometry[k]
+            masks[sel] = filament_masks(box, width_px, angles_all[rows[sel]],
+                                        shifts_all[rows[sel]], angle, offset) * circle
+        return apply_filament_masks(images, masks, normalize=options.normalize)
+
+    return apply
+
+
+def _turn_spectrum(spectrum: np.ndarray, rotation: float) -> np.ndarray:
+    """A centred spectrum rotated by ``rotation`` (direction φ -> φ + rotation), bilinear."""
+    from scipy import ndimage
+
+    m = spectrum.shape[0]
+    c = m // 2
+    y, x = np.mgrid[0:m, 0:m] - c
+    cs, sn = math.cos(rotation), math.sin(rotation)
+    src_x, src_y = cs * x + sn * y, -sn * x + cs * y  # R(-rotation) q
+    return ndimage.map_coordinates(spectrum, [src_y + c, src_x + c], order=1,
+                                   cval=0.0).astype(np.float32)
+
+
+def vertical(image: np.ndarray, axis: str, axis_angle: float | None) -> np.ndarray | None:
+    """An image of the job's frame with the helical axis made vertical (None if unknown)."""
+    if axis == "vertical":
+        return image
+    if axis == "horizontal":
+        return np.ascontiguousarray(image.T)
+    if axis_angle is None:
+        return None
+    return _turn_spectrum(image, axis_rotation(axis_angle, "vertical"))
+
+
+def _prepare(spectrum: np.ndarray, pixel_size: float, crop: float | None) -> tuple[np.ndarray, float]:
+    if crop is None:
+        return spectrum, pixel_size
+    return crop_to_resolution(spectrum, pixel_size, crop)
+
+
+def index_class(k: int, spectrum: np.ndarray, half1: np.ndarray | None,
+                half2: np.ndarray | None, average: np.ndarray | None, header_pixel: float,
+                pixel_size: float, axis: str, axis_angle: float | None,
+                helix_radius: tuple[float, float] | None, max_csym: int,
+                rotation: float) -> ClassIndex:
+    """Layer lines and candidates of one class (spectra linear, already cropped)."""
+    start = time.perf_counter()
+    out = ClassIndex(k, None if axis_angle is None else math.degrees(axis_angle),
+                     math.degrees(rotation), average, None, "")
+    spec_v = vertical(spectrum, axis, axis_angle)
+    if spec_v is None:
+        out.message = "no axis angle: not indexed"
+        return out
+    h1 = vertical(half1, axis, axis_angle) if half1 is not None else None
+    h2 = vertical(half2, axis, axis_angle) if half2 is not None else None
+    lines = detect_layer_lines(spec_v, header_pixel, half1=h1, half2=h2)
+    if len(lines) > MAX_LINES:
+        keep = sorted(sorted(lines, key=lambda ln: -ln.strength)[:MAX_LINES],
+                      key=lambda ln: ln.height)
+        lines = keep
+    out.lines = lines
+    if helix_radius is not None:
+        out.radius_range, out.radius_source = helix_radius, "given (--helix-radius)"
+    elif average is not None:
+        avg_v = vertical(average, axis, axis_angle)
+        try:
+            out.radius_range = helix_radius_range(avg_v, pixel_size) if avg_v is not None else None
+            out.radius_source = "estimated from the class average's width"
+        except ValueError as exc:
+            out.message = f"helix radius not estimated ({exc})"
+    if out.radius_range is not None and out.radius_range[0] > 0:
+        nyquist = 1.0 / (2.0 * header_pixel)
+        out.candidates = index_helix(lines, out.radius_range, nyquist=nyquist,
+                                     max_csym=max_csym,
+                                     sampling=1.0 / (spectrum.shape[0] * header_pixel))
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def fold_twist(twist: float) -> float:
+    """Twist folded into (-180, 180]."""
+    t = math.fmod(twist, 360.0)
+    if t > 180.0:
+        t -= 360.0
+    elif t <= -180.0:
+        t += 360.0
+    return t
+
+
+def helical_outputs(outdir: Path, entries: list[tuple[int, float | None, np.ndarray,
+                                                      ClassExtras]],
+                    pixel_size: float, box: int, options: Any, halves_how: str,
+                    summary: dict[str, Any]) -> dict[str, Any]:
+    """Write the helical outputs (module docstring) for the classes in ``entries``
+    (``(class, axis angle rad or None, linear uncropped spectrum, extras)``, in stack order).
+
+    ``options`` is the job's :class:`csplugin.jobs.power_spectrum.SpectrumOptions`. Returns
+    what goes into ``summary.json`` (``stack_order``, half-set rule, averages, indexing
+    results and times).
+    """
+    t0 = time.perf_counter()
+    crop = options.crop_resolution
+    axis = options.axis
+    stack_order = [int(k) for k, *_ in entries]
+    specs, h1s, h2s, avgs, results = [], [], [], [], []
+    header_pixel = pixel_size
+    index_seconds = 0.0
+    for k, angle, spectrum, extra in entries:
+        spec, header_pixel = _prepare(spectrum, pixel_size, crop)
+        h1 = _prepare(extra.half1.spectrum(), pixel_size, crop)[0] if extra.half1 else None
+        h2 = _prepare(extra.half2.spectrum(), pixel_size, crop)[0] if extra.half2 else None
+        rotation = axis_rotation(angle, axis) if angle is not None else 0.0
+        average = None
+        if extra.average_sum is not None and extra.average_count:
+            raw = extra.average_sum / extra.average_count
+            a = angle
+            if a is None:
+                try:
+                    a = filament_axis_angle(raw)
+                except ValueError:
+                    a = None
+            average = (turn_and_centre(raw, a, rotation, filament_axis_offset(raw, a))
+                       if a is not None else raw.astype(np.float32))
+            if angle is None and a is not None and axis == "class":
+                angle_for_index = a
+            else:
+                angle_for_index = angle
+        else:
+            angle_for_index = angle
+        specs.append(spec)
+        h1s.append(h1)
+        h2s.append(h2)
+        avgs.append(average)
+        if options.index:
+            # the turned average is in the job's frame, like the spectrum
+            result = index_class(k, spec, h1, h2, average, header_pixel, pixel_size, axis,
+                                 angle_for_index, options.helix_radius, options.max_csym,
+                                 rotation)
+            index_seconds += result.seconds
+        else:
+            result = ClassIndex(k, None if angle is None else math.degrees(angle),
+                                math.degrees(rotation), average, None, "", message="not indexed")
+        results.append(result)
+    t_index = time.perf_counter() - t0
+    data = [to_log(s) if options.log else s for s in specs]
+    if specs:
+        write_stack(outdir / "ps_classes.mrcs", np.stack(data).astype(np.float32), header_pixel)
+    if specs and all(h is not None for h in h1s + h2s):
+        for name, hs in (("ps_classes_half1.mrcs", h1s), ("ps_classes_half2.mrcs", h2s)):
+            write_stack(outdir / name, np.stack([to_log(h) if options.log else h for h in hs])
+                        .astype(np.float32), header_pixel)
+    if avgs and all(a is not None for a in avgs):
+        write_stack(outdir / "class_averages.mrcs", np.stack(avgs).astype(np.float32),
+                    pixel_size)
+    helical_report.layer_lines_csv(outdir / "layer_lines.csv", results)
+    helical_report.candidates_csv(outdir / "helical_candidates.csv", results)
+    t_fig = time.perf_counter()
+    figures = spectrum_figures.class_figures(outdir, results, specs, header_pixel, pixel_size,
+                                             axis, options)
+    t_fig = time.perf_counter() - t_fig
+    extra_summary = {
+        "stack_order": stack_order,
+        "half_sets": {"split_by": halves_how,
+                      "particles": [int(extra.half1.n if extra.half1 else 0) for *_, extra in entries],
+                      "particles_half2": [int(extra.half2.n if extra.half2 else 0)
+                                          for *_, extra in entries]},
+        "class_averages_particles": [int(e.average_count) for *_, e in entries],
+        "indexing": {str(r.k): {
+            "axis_angle_deg": r.axis_angle_deg, "rotation_deg": r.rotation_deg,
+            "helix_radius_A": list(r.radius_range) if r.radius_range else None,
+            "helix_radius_source": r.radius_source, "layer_lines": len(r.lines),
+            "meridional_heights_inv_A": [ln.height for ln in r.lines if ln.meridional],
+            "top_candidates": [{"rise_A": c.rise, "twist_deg": fold_twist(c.twist),
+                                "csym": c.csym, "pitch_A": c.pitch, "score": c.score,
+                                "note": c.note} for c in r.candidates[:3]],
+            "message": r.message} for r in results},
+        "seconds": {"indexing": index_seconds, "helical_outputs": time.perf_counter() - t0,
+                    "figures": t_fig, "stacks_and_indexing": t_index},
+    }
+    helical_report.index_html(outdir / "index.html", results, figures, {**summary,
+                                                                        **extra_summary})
+    return extra_summary
