@@ -149,10 +149,12 @@ def convert(
     Stack paths are copied as written (a leading '>' is removed)."""
     from csplugin.core.native import notes, save_particles
     from csplugin.core.particles import open_particles
+    from csplugin.outputs.directory import single_file
 
-    _refuse_existing(output, overwrite)
     table = open_particles(file, passthrough, project_dir)
-    save_particles(table, output, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast)
+    with single_file(output, overwrite=overwrite):  # locked; written atomically
+        save_particles(table, output, voltage=voltage, cs=cs,
+                       amplitude_contrast=amplitude_contrast)
     for note in notes(table, output.suffix):
         err.print(f"note: {note}", markup=False, highlight=False)
     err.print(f"wrote {output}")
@@ -502,15 +504,44 @@ def classify(
     err.print(f"wrote {', '.join(written)} to {outdir}")
 
 
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise InputError(path, "already exists", "pass --overwrite to replace it")
-
-
 def main() -> None:
-    """Console entry point: user errors print one line and exit with status 2."""
+    """Console entry point: user errors print one line and exit with status 2; Ctrl-C and
+    SIGTERM print one line saying what the output directory holds and exit with 130 / 143."""
+    from csplugin.outputs.directory import interrupt_handlers
+
     try:
-        app()
+        with interrupt_handlers(final=True):
+            app()
     except InputError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
+    except SystemExit as exc:  # Typer turns KeyboardInterrupt into exit status 130
+        cause = _interrupt_in(exc)
+        if cause is None:
+            raise
+        _interrupted(cause)
+
+
+def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind ``exc`` (its cause/context chain), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    from csplugin.outputs.directory import Terminated, last_outcome
+
+    term = isinstance(exc, Terminated)
+    what = last_outcome() or "nothing written"
+    with contextlib.suppress(Exception):
+        err.print(f"interrupted ({'SIGTERM' if term else 'Ctrl-C'}): {what}", highlight=False,
+                  soft_wrap=True)
+    sys.exit(143 if term else 130)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -126,9 +127,14 @@ def connect(scheduler: str | None = None, workers: int | None = None
         threads = str(max(1, _cores() // workers))
         env = {name: threads for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                           "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                          dashboard_address=":0", silence_logs=logging.ERROR,
-                          env=env) as cluster, Client(cluster) as client:
+        with _sigint_ignored():  # inherited: Ctrl-C stops this process, which closes them
+            # CRITICAL: a task's error reaches the caller as an exception (one line in the
+            # CLI); workers losing the scheduler during an interrupted run's teardown log
+            # tracebacks at ERROR, which would follow the CLI's one line
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.CRITICAL,
+                                   env=env)
+        with cluster, Client(cluster) as client:
             yield DaskRunner(client)
         return
     try:
@@ -138,6 +144,22 @@ def connect(scheduler: str | None = None, workers: int | None = None
                          "check the address (tcp://host:8786) and that the cluster runs") from None
     with client:
         yield DaskRunner(client)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while worker processes start, so that they inherit it: a Ctrl-C (sent
+    to the whole process group) then interrupts only this process, whose clean-up closes
+    the cluster, and no worker prints a traceback."""
+    try:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _cores() -> int:

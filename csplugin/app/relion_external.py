@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 import pandas as pd
 
+from csplugin.outputs.directory import Terminated, claim, interrupt_handlers, transaction
 from formats import InputError
 from formats.atomic import atomic_output
 from formats.star import write_star
@@ -216,21 +217,24 @@ def command_options(job: str, tokens: list[str]) -> list[str]:
     return out
 
 
-def write_output_nodes(job_dir: str, nodes: list[tuple[str, int]]) -> Path:
-    """Write ``RELION_OUTPUT_NODES.star`` listing ``(file in job_dir, node type)``."""
+def write_output_nodes(job_dir: str, nodes: list[tuple[str, int]],
+                       into: Path | None = None) -> Path:
+    """Write ``RELION_OUTPUT_NODES.star`` listing ``(file in job_dir, node type)``, into
+    ``job_dir`` or the directory ``into`` (the job's staging directory)."""
     table = pd.DataFrame({"rlnPipeLineNodeName": [_node_name(job_dir, name) for name, _ in nodes],
                           "rlnPipeLineNodeType": np.array([t for _, t in nodes], np.int64)})
-    path = Path(job_dir) / NODES_FILE
+    path = Path(into or job_dir) / NODES_FILE
     write_star(path, {"output_nodes": table})
     return path
 
 
-def write_spectra_table(job_dir: str) -> Path:
-    """Write ``power_spectra.star``: one row per ``ps_*.mrc`` of the job, as 2D references."""
-    names = sorted(p.name for p in Path(job_dir).glob("ps_*.mrc"))
+def write_spectra_table(job_dir: str, into: Path | None = None) -> Path:
+    """Write ``power_spectra.star``: one row per ``ps_*.mrc`` of the job, as 2D references
+    (the spectra and the table in ``job_dir``, or in the directory ``into``)."""
+    names = sorted(p.name for p in Path(into or job_dir).glob("ps_*.mrc"))
     images = [_node_name(job_dir, n) for n in names]  # RELION refuses "1@x.mrc" (a 3D map)
     table = pd.DataFrame({"rlnImageName": images, "rlnReferenceImage": images})
-    path = Path(job_dir) / OUTPUT_NODES["power-spectrum"][0]
+    path = Path(into or job_dir) / OUTPUT_NODES["power-spectrum"][0]
     write_star(path, {"": table})
     return path
 
@@ -240,15 +244,21 @@ def _node_name(job_dir: str, name: str) -> str:
     return job_dir.rstrip("/") + "/" + name
 
 
+@transaction()  # the job's outputs and node files replace the previous ones together
 def run(call: ExternalCall) -> None:
-    """Run the job in ``call.job_dir`` and write its output nodes (no exit files)."""
+    """Run the job in ``call.job_dir`` and write its output nodes (no exit files).
+
+    The job directory is claimed here (:mod:`csplugin.outputs.directory`), so the job's
+    own claim joins it: its outputs, ``power_spectra.star`` and ``RELION_OUTPUT_NODES.star``
+    appear together, and RELION's files there (``run.out``, ``note.txt``, ...) are kept.
+    """
     from csplugin.app import cli
 
     if call.threads is not None:
         import numba
 
         numba.set_num_threads(max(1, min(call.threads, numba.config.NUMBA_NUM_THREADS)))
-    Path(call.job_dir).mkdir(parents=True, exist_ok=True)
+    out = claim(call.job_dir, [], job=f"relion-{call.job}", overwrite=True)
     args = [call.job, call.in_parts, "-o", call.job_dir, *call.options, "--overwrite", "--quiet"]
     command = _typer_command()
     with _messages_to(cli.err, sys.stdout):  # RELION shows stderr as errors; these are not
@@ -259,8 +269,8 @@ def run(call: ExternalCall) -> None:
         raise RuntimeError(f"csplugin {call.job} exited with status {status}")
     node_file, node_type = OUTPUT_NODES[call.job]
     if call.job == "power-spectrum":
-        write_spectra_table(call.job_dir)
-    write_output_nodes(call.job_dir, [(node_file, node_type)])
+        write_spectra_table(call.job_dir, into=out.staging)
+    write_output_nodes(call.job_dir, [(node_file, node_type)], into=out.staging)
 
 
 def _typer_command() -> Any:
@@ -349,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
     except JobAborted:
         status, message = 3, "aborted by the user (RELION_JOB_ABORT_NOW)"
+    except Terminated:  # SIGTERM, e.g. scancel of the SLURM job RELION submitted
+        status, message = 143, "error: terminated (SIGTERM); the job directory is unchanged"
     except KeyboardInterrupt:  # Ctrl-C where it was started by hand: still tell RELION
         status, message = 130, "error: interrupted"
     except InputError as exc:
@@ -381,8 +393,11 @@ def _value_of(option: str, argv: list[str]) -> str | None:
 
 
 def entry_point() -> None:
-    """``csplugin_relion_external``: :func:`main` with its exit status."""
-    sys.exit(main())
+    """``csplugin_relion_external``: :func:`main` with its exit status (SIGTERM handled as
+    Ctrl-C is, :func:`csplugin.outputs.directory.interrupt_handlers`)."""
+    with interrupt_handlers(final=True):
+        status = main()
+    sys.exit(status)
 
 
 if __name__ == "__main__":

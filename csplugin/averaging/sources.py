@@ -31,8 +31,8 @@ from csplugin.averaging.selectors import (
     TopClassSelector,
 )
 from csplugin.core.particles import ParticleTable
-from csplugin.jobs.export_aligned import prepare_outdir
 from csplugin.outputs.averages import output_paths, write_averages
+from csplugin.outputs.directory import claim, transaction
 
 __all__ = ["ClassAvgSource", "DebugClassAvgSource", "DefaultClassAvgSource", "SavedAverages"]
 
@@ -213,6 +213,7 @@ class ClassAvgSource:
                                                  table.labels[todo])
         return out
 
+    @transaction()  # the result replaces OUTDIR's previous one on return, or nothing changes
     def save(self, outdir: str | Path, n: int | None = None, *, invert_contrast: bool = False,
              overwrite: bool = False, montage_limit: int = 64) -> SavedAverages:
         """Write the first ``n`` (default all) selected averages to ``outdir``.
@@ -224,8 +225,10 @@ class ClassAvgSource:
         ``montage_limit``. Memory: the ``n`` averages.
         """
         outdir = Path(outdir)
-        names = output_paths(outdir)
-        prepare_outdir(outdir, list(names.values()), overwrite)
+        final = output_paths(outdir)
+        out = claim(outdir, [p.name for p in final.values()], job="class-averages",
+                    overwrite=overwrite)
+        names = output_paths(out.staging)  # written there; relion_path names the final place
         count = self.n if n is None else max(0, min(int(n), self.n))
         if count == 0:
             raise ValueError("nothing to save: the selection is empty")
@@ -243,7 +246,7 @@ class ClassAvgSource:
                        cs_fields={"selection/score": scores.astype(np.float32),
                                   "selection/rank": positions.astype(np.uint32)},
                        montage_limit=montage_limit)
-        return SavedAverages(names["mrcs"], names["cs"], names["star"], names["png"], rows,
+        return SavedAverages(final["mrcs"], final["cs"], final["star"], final["png"], rows,
                              labels, counts, scores, averages)
 
 

@@ -33,9 +33,9 @@ from csplugin.core import conventions as cv
 from csplugin.core.images import check_stacks
 from csplugin.core.particles import ParticleTable
 from csplugin.engines.correlation import disc_correlation
-from csplugin.jobs.export_aligned import prepare_outdir
 from csplugin.jobs.runners import SerialRunner, TaskRunner, task_table, used_stacks
 from csplugin.outputs.averages import output_paths, write_averages
+from csplugin.outputs.directory import claim, transaction
 from formats import InputError
 from formats.mrc import Stack, open_stack
 
@@ -74,6 +74,7 @@ class ClassAveragesResult:
     compare_csv: Path | None = None
 
 
+@transaction()  # the result replaces OUTDIR's previous one on return, or nothing changes
 def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "mean",
                    sigma: float = 3.0, percentile: float = 0.1, weights: str = "none",
                    ctf: str = "none", wiener_snr: float | None = None,
@@ -151,9 +152,10 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
         if w[index == k].sum() <= 0:
             raise InputError(table.source, f"class {cv.to_base(k, table.class_base)}: the "
                              "particle weights sum to zero", "use --weights none")
-    names = output_paths(outdir)
-    products = [*names.values()] + ([outdir / "compare.csv"] if given is not None else [])
-    prepare_outdir(outdir, products, overwrite)
+    final = output_paths(outdir)
+    products = [p.name for p in final.values()] + (["compare.csv"] if given is not None else [])
+    out = claim(outdir, products, job="class-averages", overwrite=overwrite)
+    names = output_paths(out.staging)  # written there; relion_path names the final place
 
     plan = AveragingPlan.create(table, make_stacker(stacker, sigma, percentile), ctf=ctf,
                                 snr=wiener_snr, interpolation=interpolation,
@@ -179,7 +181,7 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
     write_averages(names, averages, class_index, counts, table.class_base, pixel_size,
                    comparison=comparison)
     return ClassAveragesResult(
-        names["mrcs"], names["cs"], names["star"], names["png"], numbers, counts, averages,
+        final["mrcs"], final["cs"], final["star"], final["png"], numbers, counts, averages,
         snrs if ctf == "wiener" else None, comparison,
         outdir / "compare.csv" if comparison is not None else None)
 
@@ -195,6 +197,7 @@ def _open_compare(path: str | Path, class_index: np.ndarray, box: int) -> Stack:
     return stack
 
 
+@transaction()  # source.save below writes into this claim's staging directory
 def selected_class_averages(source: ClassAvgSource, outdir: str | Path, *,
                             keep: int | None = None, compare: str | Path | None = None,
                             invert_contrast: bool = False, overwrite: bool = False,
@@ -214,7 +217,8 @@ def selected_class_averages(source: ClassAvgSource, outdir: str | Path, *,
     if keep is not None and keep < 1:
         raise InputError(None, f"--keep {keep} must be >= 1", "e.g. --keep 20")
     outdir = Path(outdir)
-    prepare_outdir(outdir, list(output_paths(outdir).values()), overwrite)
+    claim(outdir, [p.name for p in output_paths(outdir).values()], job="class-averages",
+          overwrite=overwrite)
     source.averager.progress = progress
     return source.save(outdir, keep, invert_contrast=invert_contrast, overwrite=True)
 

@@ -59,8 +59,8 @@ from csplugin.engines.power_spectrum import (
 )
 from csplugin.engines.transform import align_images
 from csplugin.jobs import figures
-from csplugin.jobs.export_aligned import prepare_outdir
 from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
+from csplugin.outputs.directory import claim, transaction
 from formats import InputError
 from formats.atomic import atomic_output
 from formats.mrc import Stack, open_stack, write_image
@@ -96,6 +96,7 @@ class SpectrumResult:
     header_pixel_size: float = 0.0
 
 
+@transaction()  # the result replaces OUTDIR's previous one on return, or nothing changes
 def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOptions = SpectrumOptions(),
                   *, class_averages: str | Path | None = None,
                   axis_angles: dict[int, float] | None = None, overwrite: bool = False,
@@ -142,8 +143,9 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
     has_classes = (table.particles["class_index"] >= 0).all()
     labels = np.unique(numbers) if has_classes else np.array([], np.int64)
     names = [f"ps_class{k}" for k in labels] + ["ps_all", "ps_camera_frame"]
-    prepare_outdir(outdir, [outdir / f"{n}.mrc" for n in names] + [outdir / "summary.json"],
-                   overwrite)
+    out = claim(outdir, [f"{n}.mrc" for n in names] + ["summary.json"], job="power-spectrum",
+                overwrite=overwrite)
+    final_outdir, outdir = outdir, out.staging  # every file below goes into the staging dir
     stored = _stored_averages(class_averages, table, labels, box)
     acc_bytes = (180 / options.psi_bin_deg) * (options.pad * box) * (options.pad * box // 2 + 1) * 4
     per_pass = max(1, int(memory_budget // acc_bytes))
@@ -168,7 +170,7 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
     spectra["ps_camera_frame"] = pooled.camera_frame()
     header_pixel = _write_outputs(outdir, spectra, pixel_size, options)
     counts = {int(k): int(np.sum(numbers == k)) for k in labels}
-    result = SpectrumResult(outdir, counts, axis_deg, pixel_size, header_pixel)
+    result = SpectrumResult(final_outdir, counts, axis_deg, pixel_size, header_pixel)
     summary = {"input": str(table.source), "particles": len(table),
                "class_numbering": "0-based" if table.class_base == 0 else "1-based",
                "classes": counts, "axis_angles_deg": axis_deg, "pixel_size_A": pixel_size,

@@ -81,12 +81,8 @@ from pathlib import Path
 from typing import Any
 
 from csplugin.outputs.lock import acquire_lock, command_line, release_lock
-from csplugin.outputs.signals import Terminated, critical, interrupt_handlers
+from csplugin.outputs.signals import Terminated, critical, interrupt_handlers  # noqa: F401
 from formats import InputError
-
-__all__ = ["OutputDir", "Terminated", "claim", "clean_debris", "disk_full", "exchange",
-           "final_path", "interrupt_handlers", "last_outcome", "read_manifest", "single_file",
-           "transaction"]
 
 LOCK_NAME = ".csplugin.lock"
 MANIFEST_NAME = ".csplugin-result.json"
@@ -130,15 +126,12 @@ def _staging_names(outdir: Path) -> list[Path]:
     return found + list(outdir.glob(".csplugin-new-*"))
 
 
-def clean_debris(outdir: Path, keep: Iterable[Path] = ()) -> list[Path]:
+def clean_debris(outdir: Path) -> list[Path]:
     """Remove what killed runs left for ``outdir``: staging and old trees, hidden ``.*.part``
     files and write probes. Call only while holding ``outdir``'s lock."""
-    keep = {Path(p) for p in keep}
-    removed: list[Path] = []
-    for path in _staging_names(outdir):
-        if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    removed = _staging_names(outdir)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
     for pattern in (".*.part", ".csplugin-write-test-*"):
         for path in outdir.glob(pattern):
             if path.is_file() or path.is_symlink():
@@ -404,6 +397,15 @@ class OutputDir:
                 self.path.rmdir()  # only if empty
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Inode and modification time of ``path`` (None: absent): tells a replaced file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _key(path: Path) -> Path:
     return Path(os.path.abspath(path))
 
@@ -435,8 +437,8 @@ def _remove_tree(path: Path) -> None:
 
 
 def _size(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
@@ -581,10 +583,15 @@ def single_file(path: str | Path, *, overwrite: bool = False,
             stale.unlink(missing_ok=True)
         if os.path.lexists(path) and not overwrite:
             raise InputError(path, "already exists", overwrite_hint)
+        before = _identity(path)
         try:
             yield path
-        except OSError as exc:
-            if exc.errno in _DISK_FULL:
+        except BaseException as exc:
+            global _last_outcome
+            _last_outcome = (f"{path} was written completely" if _identity(path) != before
+                             else f"nothing written; {path} keeps its previous content"
+                             if before else f"nothing written to {path}")
+            if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
                 raise disk_full(path.parent, None) from None
             raise
     finally:

@@ -35,10 +35,15 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def interrupt_handlers() -> Iterator[None]:
+def interrupt_handlers(*, final: bool = False) -> Iterator[None]:
     """Raise :class:`Terminated` on ``SIGTERM`` and :class:`KeyboardInterrupt` on ``SIGINT``
     in the main thread, both held back during commits and clean-ups (nothing is installed
-    outside the main thread)."""
+    outside the main thread).
+
+    ``final``: the process ends after this block (a command line's ``main``), so on leaving
+    both signals are ignored rather than restored: a signal arriving once the command is
+    done must not kill it silently (status -15) while it reports or exits.
+    """
     global _handlers_installed
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -50,7 +55,7 @@ def interrupt_handlers() -> Iterator[None]:
     finally:
         _handlers_installed = False
         for s, handler in old.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_IGN if final else handler)
 
 
 @contextlib.contextmanager

@@ -46,7 +46,8 @@ def noisy(tmp_path_factory: pytest.TempPathFactory) -> SyntheticJob:
 def _files(directory: Path) -> dict[str, bytes]:
     """File name -> bytes; for MRC files without the header's text labels (mrcfile writes
     its creation time there), i.e. every header field and every pixel."""
-    return {p.name: _unlabelled(p) for p in sorted(directory.iterdir())}
+    return {p.name: _unlabelled(p) for p in sorted(directory.iterdir())
+            if not p.name.startswith(".csplugin")}  # not the manifest (times, pids)
 
 
 def _unlabelled(path: Path) -> bytes:
@@ -177,10 +178,12 @@ def test_killed_workers_are_replaced_and_the_outputs_stay_whole(tmp_path: Path) 
         thread = threading.Thread(target=run)
         thread.start()
         deadline = time.monotonic() + 60
-        while not list(out.glob(".particles_aligned_*.part")) and time.monotonic() < deadline:
+        staging = ".dask.csplugin-new-*/"  # the job writes beside OUTDIR, then swaps
+        while not list(tmp_path.glob(staging + ".particles_aligned_*.part")) \
+                and time.monotonic() < deadline:
             time.sleep(0.002)
-        writing = list(out.glob(".particles_aligned_*.part"))
-        finished_before = len(list(out.glob("particles_aligned_*.mrcs")))
+        writing = list(tmp_path.glob(staging + ".particles_aligned_*.part"))
+        finished_before = len(list(tmp_path.glob(staging + "particles_aligned_*.mrcs")))
         for pid in before:  # kill every worker in the middle of writing its stack
             os.kill(pid, signal.SIGKILL)
         thread.join(timeout=300)
@@ -189,6 +192,7 @@ def test_killed_workers_are_replaced_and_the_outputs_stay_whole(tmp_path: Path) 
         after = set(client.run(os.getpid).values())
     assert not before & after  # the workers were really replaced
     assert not list(out.glob(".*.part"))  # the killed tasks' temporary files are gone
+    assert not list(tmp_path.glob(".dask.csplugin-*"))  # and the staging directory
     assert _files(tmp_path / "local").keys() == _files(out).keys()
     for a, b in zip(local.stacks, outcome["result"].stacks):  # type: ignore[union-attr]
         assert _unlabelled(a) == _unlabelled(b), b.name
