@@ -22,11 +22,12 @@ Equivalences: ``Δφ → Δφ + k·360°/Cn`` gives the same lattice (twists are
 
 Search
 ------
-For every ``Cn <= max_csym``, two of the strongest observed lines are assigned Bessel orders
+For every ``Cn <= max_csym``, two of the six strongest observed lines are assigned Bessel orders
 allowed by their first-maximum radius and the radius range (``j'_{|n|,1}/(2π r_out) <= R
 <= j'_{|n|,1}/(2π r_in)`` up to 1.5 samples; ``n = 0`` only for meridional lines), ``n``
-multiple of ``Cn``, and small ``m`` (-2 .. 3); each assignment fixes ``(t, u)`` by a 2 x 2
-solve (all assignments at once, vectorised). Every line is then matched to its nearest
+multiple of ``Cn``, and small ``m`` (-1 .. 2); each assignment fixes ``(t, u)`` by a 2 x 2
+solve (all assignments at once, vectorised). The 600 lattices matching the most line weight
+(within twice the tolerance) go on: every line is matched to its nearest
 allowed ``(n, m)`` (within ``z_tolerance``), ``(t, u)`` refined by weighted least squares on
 the matched lines, and equal lattices merged.
 
@@ -35,7 +36,8 @@ Score
 With line weights ``w = sqrt(strength)`` (times the half-set agreement when known):
 ``score = Σ_matched w - Σ_unexplained w - miss_weight · median(w) · (number of predicted
 lines of the observed region that are not seen)``. The observed region is heights up to the
-highest line and first maxima (for ``r_out``) up to the outermost peak radius; per predicted
+highest line and first maxima (for ``r_out``) up to the 75th percentile of the observed peak
+radii (high orders are weak, so only low-order lines are expected to show); per predicted
 height only the lowest ``|n|`` counts. Dense lattices (tiny ``1/Δz``, many orders) explain
 any set of lines but predict many unseen ones, so they drop.
 

@@ -24,10 +24,10 @@ Method
    reaches ``min_strength``, is not a side lobe of a line within 8 rows (which would be > 15x
    stronger at the same ``r``) and lies above ``min_height``.
 5. **Per line**: the innermost local maximum along the row reaching
-   ``max(0.5 min_strength, 0.3 · row max)`` is the first maximum (``peak_radius``, parabola-
+   ``max(0.5 min_strength, 0.5 · row max)`` is the first maximum (``peak_radius``, parabola-
    refined); ``meridional`` when it is within one pixel of the meridian; the height is
-   refined by a parabola through the log of the ``r``-smoothed profile across three rows at
-   that radius.
+   refined by a parabola through the log of the ``r``-smoothed profile at that radius around
+   its own peak row (within 2 rows of the score's).
 6. **Half-set agreement**: the Pearson correlation of the two halves' whitened,
    ``r``-smoothed rows (linearly interpolated at the line's height) over all radii inside the
    resolution limit. Independent noise gives ~0 (s.d. about ``sqrt(pad / (M/2))``); a real
@@ -49,6 +49,7 @@ __all__ = ["LayerLine", "detect_layer_lines", "fold_spectrum", "layer_line_agree
 _MIN_RING_PIXELS = 48
 _SIDE_LOBE_ROWS = 8
 _SIDE_LOBE_RATIO = 15.0
+_MAD_SCALE = 1.4826
 
 
 @dataclass(frozen=True)
@@ -173,11 +174,30 @@ def whiten_folded(spectrum: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.
     """
     q = fold_spectrum(spectrum)
     groups, n_groups = _ring_groups(q.shape[0])
-    e = _whiten(q, groups, n_groups)
+    inside = groups >= 0
+    e = _meridian_scaled(_whiten(q, groups, n_groups), inside)
     e_r = ndimage.uniform_filter1d(e, 3, axis=1, mode="mirror")
     smooth = ndimage.uniform_filter1d(e_r, 3, axis=0, mode="mirror")
-    t = _whiten(smooth, groups, n_groups)
-    return np.where(groups >= 0, e_r, 0.0), t
+    t = _meridian_scaled(_whiten(smooth, groups, n_groups), inside)
+    # one global scale from the core of the distribution (the per-ring lower-tail estimate
+    # runs a little narrow where the noise is not quite Gaussian)
+    core = t[inside & (np.arange(t.shape[1])[None, :] >= 2)]
+    mad = _MAD_SCALE * np.median(np.abs(core - np.median(core))) if core.size else 1.0
+    return np.where(inside, e_r, 0.0), t / max(mad, 1e-12)
+
+
+def _meridian_scaled(e: NDArray[np.float64], inside: NDArray[np.bool_]) -> NDArray[np.float64]:
+    """Rescale the meridian column ``r = 0`` and the equator row ``z = 0`` to unit noise:
+    folding averages only two distinct pixels there instead of four, so their noise is
+    ~sqrt(2) larger. The scale is the lower-tail sigma of the column (row) itself."""
+    out = e.copy()
+    for view, keep in ((out[:, 0], inside[:, 0]), (out[0, :], inside[0, :])):
+        v = view[keep]
+        if v.size >= 8:
+            q10, q25, med = np.quantile(v, [0.10, 0.25, 0.5])
+            sigma = max((q25 - q10) / 0.6071, 1e-12)
+            view[keep] = (v - med) / sigma
+    return out
 
 
 def _parabola(y_minus: float, y0: float, y_plus: float) -> float:
@@ -250,7 +270,7 @@ def detect_layer_lines(spectrum: np.ndarray, voxel_size: float, *,
         col_max = int(np.argmax(np.where(valid, line, -np.inf)))
         if _is_side_lobe(e_r, row, col_max):
             continue
-        threshold = max(0.5 * min_strength, 0.3 * score[row])
+        threshold = max(0.5 * min_strength, 0.5 * score[row])
         col = _first_maximum(line, valid, threshold)
         if col is None:
             col = col_max
@@ -260,10 +280,13 @@ def detect_layer_lines(spectrum: np.ndarray, voxel_size: float, *,
             radius = col + _parabola(line[col - 1], line[col], line[col + 1])
         else:
             radius = float(col)
-        height = float(row)
-        if row + 1 < size:
-            prof = e_r[row - 1:row + 2, col]
-            height = row + _log_parabola(prof[0], prof[1], prof[2])
+        # the z-smoothed score can be flat-topped: take the peak row of the unsmoothed profile
+        lo, hi = max(1, row - 2), min(size - 1, row + 3)
+        peak = lo + int(np.argmax(e_r[lo:hi, col])) if hi > lo else row
+        height = float(peak)
+        if 1 <= peak < size - 1:
+            prof = e_r[peak - 1:peak + 2, col]
+            height = peak + _log_parabola(prof[0], prof[1], prof[2])
         found.append((height * step, max(radius, 0.0) * step, float(score[row]), radius <= 1.0))
     heights = [f[0] for f in found]
     if half1 is not None and half2 is not None and found:

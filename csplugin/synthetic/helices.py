@@ -274,8 +274,9 @@ def make_helical_segments(helices: Sequence[HelixSpec] | None = None, *, box: in
                            azimuths, axes, helices, pixel_size, box)
 
 
-def class_average_truth(segments: HelicalSegments) -> np.ndarray:
-    """Noise-free class averages: the mean over each class of its segments in the class frame.
+def class_average_truth(segments: HelicalSegments, max_per_class: int = 40) -> np.ndarray:
+    """Noise-free class averages: the mean over (up to ``max_per_class`` of) each class's
+    segments rendered in the class frame.
 
     Returns
     -------
@@ -283,13 +284,16 @@ def class_average_truth(segments: HelicalSegments) -> np.ndarray:
         ``(n_helices, N, N)`` float32.
     """
     out = np.zeros((len(segments.helices), segments.box, segments.box))
+    counts = np.zeros(len(segments.helices), np.int64)
     for i in range(len(segments.classes)):
         k = segments.classes[i]
+        if counts[k] >= max_per_class:
+            continue
         helix = segments.helices[k]
         q = class_frame_positions(helix, segments.box, segments.pixel_size, segments.azimuths[i],
                                   segments.axial_positions[i], segments.axis_angles[k])
         out[k] += _render_blobs(q, helix.sigma / segments.pixel_size, segments.box)
-    counts = np.bincount(segments.classes, minlength=len(segments.helices))
+        counts[k] += 1
     return (out / np.maximum(counts, 1)[:, None, None]).astype(np.float32)
 
 
