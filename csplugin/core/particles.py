@@ -398,21 +398,42 @@ def _read_particle_star(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None,
 
 def _numeric_or_refuse(path: Path, table: pd.DataFrame, block: str,
                        outline: identify.StarOutline) -> None:
-    """Raise :class:`InputError` naming the first value of a numeric label that is not a number."""
+    """Raise :class:`InputError` naming the first value of a numeric label that is not a
+    finite number (or, for a count or group number, not a whole number), with its line."""
+    names = table[Relion.IMAGE_NAME].astype(str).to_numpy() if Relion.IMAGE_NAME in table \
+        else None
+
+    def where(row: int) -> str:
+        line = identify.star_row_line(outline, block, row)
+        at = f"line {line}" if line is not None else f"row {row + 1} of data_{block}"
+        return f"particle {row + 1} ({at}, {names[row]})" if names is not None else at
+
     for label in _NUMERIC_LABELS:
-        if label not in table or pd.api.types.is_numeric_dtype(table[label]):
+        if label not in table:
             continue
         column = table[label]
-        numbers = pd.to_numeric(column, errors="coerce")
-        text = column.astype(str).str.strip().str.lower()
-        bad = numbers.isna() & ~text.isin(["nan", "none", ""])
-        if not bad.any():
+        numbers = column if pd.api.types.is_numeric_dtype(column) else \
+            pd.to_numeric(column, errors="coerce")
+        values = numbers.to_numpy(np.float64)
+        finite = np.isfinite(values)
+        if finite.all() and (label not in _WHOLE_LABELS or (values == np.round(values)).all()):
             continue
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        line = identify.star_row_line(outline, block, row)
-        where = f"line {line}" if line is not None else f"row {row + 1} of data_{block}"
-        raise InputError(path, f"{where}: {label} is {column.iloc[row]!r}, not a number",
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            text = str(column.iloc[row]).strip()
+            if np.isnan(values[row]) and text.lower() not in ("nan", "none", ""):
+                raise InputError(path, f"{where(row)}: {label} is {text!r}, not a number",
+                                 "fix that value (the file is damaged or was edited by hand)")
+            raise InputError(path, f"{where(row)}: {label} is {text or 'empty'}, not a finite "
+                             "number", "fix or remove that particle")
+        row = int(np.flatnonzero(values != np.round(values))[0])
+        raise InputError(path, f"{where(row)}: {label} is {values[row]:g}, not a whole number",
                          "fix that value (the file is damaged or was edited by hand)")
+
+
+#: Numeric labels whose values are counts or numbers of groups, classes or tubes.
+_WHOLE_LABELS = (Relion.CLASS_NUMBER, Relion.OPTICS_GROUP, Relion.IMAGE_SIZE,
+                 Relion.IMAGE_DIMENSIONALITY, Relion.HELICAL_TUBE_ID)
 
 
 def _single_optics_group(path: Path, particles: pd.DataFrame, optics: pd.DataFrame

@@ -285,7 +285,25 @@ def test_non_numeric_value_names_label_and_line(real: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     star = _edit_particle_value(real, tmp_path, row=1, label_index=14, value="12.5x")
     code, _, err = run_cli(capsys, "convert", str(star), "-o", str(tmp_path / "o.cs"))
-    assert_one_line(code, err, "line 51: rlnAnglePsi is '12.5x', not a number")
+    assert_one_line(code, err, "particle 2 (line 51, 000002@relion31.mrcs): rlnAnglePsi is "
+                               "'12.5x', not a number")
+
+
+@pytest.mark.parametrize(("label_index", "value", "message"), [
+    (15, "nan", "rlnClassNumber is nan, not a finite number"),
+    (15, "2.5", "rlnClassNumber is 2.5, not a whole number"),
+    (6, "inf", "rlnDefocusU is inf, not a finite number"),
+    (22, "nan", "rlnOpticsGroup is nan, not a finite number"),
+    (23, "-inf", "rlnOriginXAngst is -inf, not a finite number"),
+])
+def test_values_that_would_turn_into_garbage_are_refused_at_open(
+        real: Path, tmp_path: Path, label_index: int, value: str, message: str) -> None:
+    """Before: a NaN class became class -9223372036854775808, 2.5 became class 2, a NaN
+    defocus gave NaN CTFs minutes later."""
+    star = _edit_particle_value(real, tmp_path, row=1, label_index=label_index, value=value)
+    with pytest.raises(InputError, match=r"particle 2 \(line 51, 000002@relion31.mrcs\): "
+                                         + message.replace("(", r"\(")):
+        open_particles(star)
 
 
 def test_garbage_line_is_named_not_blamed_on_the_pixel_size(real: Path, tmp_path: Path,
