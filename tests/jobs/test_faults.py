@@ -56,8 +56,8 @@ def _content(path: Path) -> bytes:
     data = path.read_bytes()
     if path.suffix in (".mrc", ".mrcs"):
         return data[:220] + data[1024:]  # not the header's text labels (creation time)
-    if path.name == "summary.json" and b'"seconds"' in data:
-        return b""  # classify: stage timings
+    if path.suffix in (".json", ".html") and b"seconds" in data:
+        return b""  # run timings (classify's summary, the spectra's index.html)
     return data
 
 

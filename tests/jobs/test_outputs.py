@@ -243,3 +243,43 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
         with od.transaction():
             od.claim(tmp_path / "big", [], job="toy", needs_bytes=1 << 60)
     assert not (tmp_path / "big").exists()
+
+
+def test_sigterm_during_the_commit_is_held_back_until_it_is_done(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    import signal
+
+    out = tmp_path / "out"
+    _job(out, {"a": "old", "b": "old"})
+    (out / "user.txt").write_text("mine")
+    carry = od._carry
+
+    def carry_and_terminate(src: Path, dst: Path) -> None:  # SIGTERM in mid-commit
+        os.kill(os.getpid(), signal.SIGTERM)
+        carry(src, dst)
+
+    monkeypatch.setattr(od, "_carry", carry_and_terminate)
+    with od.interrupt_handlers(), pytest.raises(od.Terminated):
+        _job(out, {"a": "new"}, overwrite=True)
+    assert _visible(out) == {"a": "new", "user.txt": "mine"} and not _debris(tmp_path)
+    assert od.last_outcome() == f"{out} holds the complete new result"
+
+
+def test_sigterm_while_writing_aborts_and_says_so(tmp_path: Path) -> None:
+    import signal
+
+    out = tmp_path / "out"
+    _job(out, {"a": "old"})
+
+    @od.transaction()
+    def job() -> None:
+        o = od.claim(out, ["a"], job="toy", overwrite=True)
+        o.stage("a").write_text("half")
+        os.kill(os.getpid(), signal.SIGTERM)
+        o.stage("b").write_text("never")
+
+    with od.interrupt_handlers(), pytest.raises(od.Terminated):
+        job()
+    assert _visible(out) == {"a": "old"} and not _debris(tmp_path)
+    assert od.last_outcome() == f"nothing written; {out} keeps its previous result"
