@@ -15,10 +15,10 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
-import scipy.fft as sfft
 from numpy.typing import ArrayLike
 
 from csplugin.core.conventions import centred_grid
+from csplugin.engines import fft
 
 __all__ = [
     "ImageQualityFunction",
@@ -123,7 +123,7 @@ class BandpassImageQualityFunction(ImageQualityFunction):
             f = np.fft.fftfreq(box)
             k = np.hypot(f[:, None], f[None, :])
             self._band_cache[box] = (self.low <= k) & (k < self.high)
-        power = np.abs(sfft.fft2(stack)) ** 2
+        power = np.abs(fft.fft2(stack)) ** 2
         return power[:, self._band_cache[box]].sum(axis=1) / box**4
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import scipy.fft as sfft
 from numba import njit, prange
 
+from csplugin.engines import fft
 from csplugin.engines.transform import align_images
 
 __all__ = ["shift_grid", "polar_samples", "rotational_search", "rotational_correlation",
@@ -156,7 +157,7 @@ def rotational_correlation(reference: np.ndarray, samples: np.ndarray, weights: 
     t_hat = _centred_rfft(reference, w)
     p_hat = _centred_rfft(samples, w)
     cross = (p_hat * (np.conj(t_hat) * w[:, None])).sum(axis=-2).conj()
-    c = sfft.irfft(cross, n=n_k, axis=-1)
+    c = fft.irfft(cross, n=n_k, axis=-1)
     norm = np.sqrt(_weighted_power(reference, w) * _weighted_power(samples, w))
     with np.errstate(divide="ignore", invalid="ignore"):
         return c / norm[..., None]
@@ -166,7 +167,7 @@ def _centred_rfft(samples: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``rfft`` along angles of ``(..., R, K)`` samples minus their ``w``-weighted mean
     (the mean only changes the zero-frequency column)."""
     n_k = samples.shape[-1]
-    hat = sfft.rfft(samples, axis=-1)
+    hat = fft.rfft(samples, axis=-1)
     mean = (hat[..., 0].real * w).sum(axis=-1) / (w.sum() * n_k)
     hat[..., 0] -= (mean * n_k)[..., None]
     return hat
@@ -241,7 +242,7 @@ def _spectrum_polar(images: np.ndarray, radii: np.ndarray, n_angles: int) -> np.
     if box % 2 == 0:  # (-1)^(row + col) centres the transform: no fftshift copy
         window = window * (1 - 2 * (np.indices((box, box)).sum(axis=0) % 2))
     x = (images - images.mean(axis=(-2, -1), keepdims=True)) * window.astype(np.float32)
-    spectra = np.abs(sfft.fft2(x.astype(np.float32)))
+    spectra = np.abs(fft.fft2(x.astype(np.float32)))
     if box % 2:
         spectra = sfft.fftshift(spectra, axes=(-2, -1))
     samples = polar_samples(spectra, np.zeros((len(images), 1, 2)), radii, n_angles,
@@ -259,7 +260,7 @@ def _translation(reference: np.ndarray, rotated: np.ndarray, max_shift: float
     box = reference.shape[-1]
     t = reference - reference.mean()
     b = rotated - rotated.mean(axis=(-2, -1), keepdims=True)
-    c = sfft.irfft2(sfft.rfft2(t) * np.conj(sfft.rfft2(b)), s=(box, box))
+    c = fft.irfft2(fft.rfft2(t) * np.conj(fft.rfft2(b)), s=(box, box))
     with np.errstate(divide="ignore", invalid="ignore"):  # a constant image: NaN, never best
         c /= np.sqrt((t * t).sum() * (b * b).sum(axis=(-2, -1)))[:, None, None]
     f = np.fft.fftfreq(box) * box  # periodic offsets of each index

@@ -48,6 +48,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.typing import ArrayLike
 
+from csplugin.engines import fft
 from csplugin.engines.stackers import check_weights
 
 __all__ = [
@@ -243,7 +244,8 @@ def phase_flip(images: ArrayLike, ctfs_rfft: ArrayLike) -> np.ndarray:
     ctfs = np.asarray(ctfs_rfft)
     n = _check_pair(images, ctfs)
     sign = np.where(ctfs < 0, -1.0, 1.0)
-    return np.fft.irfft2(np.fft.rfft2(images) * sign, s=(n, n))
+    return fft.irfft2(fft.rfft2(images, expected=len(images)) * sign, s=(n, n),
+                      expected=len(images))
 
 
 class WienerAccumulator:
@@ -296,10 +298,11 @@ class WienerAccumulator:
         images = np.asarray(images)
         ctfs = np.asarray(ctfs, dtype=np.float64)
         if images.ndim != 3 or images.shape[-1] != self.box:
-            raise ValueError(f"images must have shape (n, {self.box}, {self.box}), got {images.shape}")
+            raise ValueError(f"images must have shape (n, {self.box}, {self.box}), "
+                             f"got {images.shape}")
         _check_pair(images, ctfs)
         w = check_weights(weights, images.shape[0])
-        spectra = np.fft.rfft2(images)
+        spectra = fft.rfft2(images, expected=len(images))
         if not premultiplied:
             spectra *= ctfs
         self.numerator += np.tensordot(w, spectra, axes=1)
@@ -317,4 +320,5 @@ class WienerAccumulator:
         """Wiener-filtered average, float64 ``(N, N)``; ``snr`` > 0 sets the 1/snr term."""
         if not snr > 0:
             raise ValueError(f"snr must be > 0, got {snr}")
-        return np.fft.irfft2(self.numerator / (self.denominator + 1.0 / snr), s=(self.box, self.box))
+        return fft.irfft2(self.numerator / (self.denominator + 1.0 / snr),
+                          s=(self.box, self.box))

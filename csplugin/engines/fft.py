@@ -315,11 +315,14 @@ def _call(name: str, x: np.ndarray, expected: int, **kwargs) -> np.ndarray:
 
 
 def _single(x: np.ndarray, complex_input: bool = False) -> np.ndarray:
-    """float32 (or complex64) C-contiguous copy or view of ``x`` (float64 stays float64)."""
+    """C-contiguous ``x`` in the precision numpy's FFTs would use: float32/float16 ->
+    float32, complex64 stays, anything else double."""
     x = np.asarray(x)
     if complex_input or np.iscomplexobj(x):
-        return np.ascontiguousarray(x, np.complex128 if x.dtype == np.complex128 else np.complex64)
-    return np.ascontiguousarray(x, np.float64 if x.dtype == np.float64 else np.float32)
+        single = x.dtype in (np.float32, np.float16, np.complex64)
+        return np.ascontiguousarray(x, np.complex64 if single else np.complex128)
+    return np.ascontiguousarray(x, np.float32 if x.dtype in (np.float32, np.float16)
+                                else np.float64)
 
 
 def rfft2(x: np.ndarray, s: tuple[int, int] | None = None, axes=(-2, -1),

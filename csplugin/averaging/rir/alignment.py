@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 from numpy.typing import NDArray
-from scipy.fft import fft
+
+from csplugin.engines.fft import fft
 
 #: Bytes of one block of the correlation array.
 BLOCK_BYTES = 64 << 20
@@ -132,7 +133,7 @@ class LikelihoodMatcher:
             cross = np.zeros((sl.stop - first, c, self.n_angles), np.complex64)
             _cross_spectra(queries[sl], table, candidates[sl], mirrored[sl], self.ells, weight,
                            cross)
-            _, coarse = _peak(fft(cross, axis=-1, workers=-1).real)
+            _, coarse = _peak(fft(cross, axis=-1).real)
             best, angle[sl] = _newton(cross[..., : self.ells[-1] + 1], coarse, self.n_angles)
             squared = query_power[sl, None] + candidate_power[candidates[sl]] - 2 * best
             dist[sl] = np.sqrt(np.maximum(squared, 0))

@@ -41,10 +41,11 @@ import numpy as np
 import scipy.sparse as sparse
 from numba import njit, prange
 from numpy.typing import NDArray
-from scipy.fft import fft, next_fast_len, rfft
+from scipy.fft import next_fast_len
 from scipy.special import jn_zeros, jv
 
 from csplugin.core.conventions import centred_grid
+from csplugin.engines.fft import fft, rfft
 
 #: Largest usable band limit (cycles/pixel).
 NYQUIST = 0.5
@@ -258,7 +259,7 @@ class FBBasis:
         """``(n_θ n_r, b)`` polar samples -> ``(max_ell + 1, q_max, b)`` coefficients by ``k``
         (zero-padded in ``q``)."""
         radii, _, n_theta = self._grid
-        spectrum = rfft(polar.reshape(n_theta, len(radii), -1), axis=0, workers=-1)
+        spectrum = rfft(polar.reshape(n_theta, len(radii), -1), axis=0)
         spectrum = np.ascontiguousarray(spectrum[: self.max_ell + 1], np.complex64)
         # complex (K, n_r, b) seen as real (K, n_r, 2b): one real batched product for both parts
         return np.matmul(self._radial, spectrum.view(np.float32)).view(np.complex64)
