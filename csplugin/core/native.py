@@ -404,6 +404,17 @@ def _optics_table(table: ParticleTable, defaults: dict[str, float | None] | None
 
 
 # ---------------------------------------------------------------------------------------- save
+def check_writable(table: ParticleTable, suffix: str, *, voltage: float | None = None,
+                   cs: float | None = None, amplitude_contrast: float | None = None) -> None:
+    """Raise the :class:`InputError` that :func:`save_particles` would raise for ``suffix``
+    (``.star``/``.cs``), without writing: jobs call it before any work, so that a missing
+    voltage or box size is said at once rather than after the compute."""
+    if suffix == ".star":
+        to_star(table, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast)
+    elif suffix == ".cs":
+        _check_blob(table)
+
+
 def save_particles(table: ParticleTable, path: str | Path, *, voltage: float | None = None,
                    cs: float | None = None, amplitude_contrast: float | None = None) -> None:
     """Write the table as ``.star`` (RELION 3.1) or ``.cs`` (numpy encoding), by suffix.

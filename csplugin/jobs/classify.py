@@ -26,7 +26,7 @@ table and writes, in ``OUTDIR``:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ import numpy as np
 
 from csplugin.averaging.rir.classifier import RIRClass2D
 from csplugin.averaging.rir.clustering import aligned_kmeans, network_means
-from csplugin.core.native import save_particles
+from csplugin.core.native import check_writable, save_particles
 from csplugin.core.particles import ParticleTable
-from csplugin.outputs.directory import claim, transaction
+from csplugin.jobs.export_aligned import prepare_outdir
 from csplugin.outputs.paths import relion_path
 from formats import InputError
 
@@ -52,7 +52,6 @@ class ClassifyResult:
     class_sizes: list[int] | None
 
 
-@transaction()  # the result replaces OUTDIR's previous one on return, or nothing changes
 def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int = 10,
                        n_classes: int | None = None, seed: int = 0, overwrite: bool = False,
                        **options: Any) -> ClassifyResult:
@@ -77,6 +76,9 @@ def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int 
     """
     outdir = Path(outdir)
     table.box()  # one box size, or a clear error
+    if n_classes is not None:  # the .star/.cs will be writable (voltage, box): say so now
+        check_writable(table, ".star")
+        check_writable(table, ".cs")
     if n_classes is not None and not 1 <= n_classes <= len(table):
         raise InputError(None, f"--n-classes {n_classes} must lie in [1, {len(table)}] (the "
                          "number of particles)", "ask for fewer classes")
@@ -88,8 +90,7 @@ def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int 
     products = [outdir / "neighbors.npz", outdir / "summary.json"]
     if n_classes is not None:
         products += [outdir / "particles.star", outdir / "particles.cs"]
-    out = claim(outdir, [p.name for p in products], job="classify", overwrite=overwrite)
-    final, products = products, [out.stage(p.name) for p in products]  # all-or-nothing there
+    prepare_outdir(outdir, products, overwrite)
     try:
         classifier.classify()
     except ValueError as exc:
@@ -106,8 +107,9 @@ def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int 
     if n_classes is not None:
         labels, angles = partition(classifier, n_classes, np.random.default_rng(seed))
         sizes = np.bincount(labels, minlength=n_classes).tolist()
-        classified = table.with_columns(class_index=labels, angle=angles, shift_x=0.0,
-                                        shift_y=0.0, class_posterior=np.nan)
+        classified = replace(table.with_columns(class_index=labels, angle=angles, shift_x=0.0,
+                                                shift_y=0.0, class_posterior=np.nan),
+                             aligned=True)  # the classification's in-plane alignment
         stacks = [Path(s) for s in classified.particles["stack"]]
         save_particles(classified.with_columns(image_path=[relion_path(s) for s in stacks]),
                        products[2])
@@ -115,8 +117,8 @@ def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int 
                        products[3])
         summary["class_sizes"] = sizes
     products[1].write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    star, cs = (final[2], final[3]) if n_classes is not None else (None, None)
-    return ClassifyResult(final[0], final[1], star, cs, sizes)
+    star, cs = (products[2], products[3]) if n_classes is not None else (None, None)
+    return ClassifyResult(products[0], products[1], star, cs, sizes)
 
 
 def partition(classifier: RIRClass2D, n_classes: int, rng: np.random.Generator

@@ -133,6 +133,16 @@ def test_star_from_cs_without_ctf_takes_the_options_and_relion_reads_it(
     assert_relion_reads(tmp_path / "p.star", tmp_path)
 
 
+def test_export_aligned_refuses_before_any_work_when_the_star_could_not_be_read(
+        real: Path, tmp_path: Path) -> None:
+    from csplugin.jobs.export_aligned import export_aligned
+
+    write_cs(tmp_path / "J2_020_particles.cs", _drop_fields(read_cs(real / J2), "ctf/"))
+    with pytest.raises(InputError, match="passthrough"):  # not "stack missing": said first
+        export_aligned(open_particles(tmp_path / "J2_020_particles.cs"), tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 def test_options_never_replace_the_inputs_values(real: Path) -> None:
     optics = to_star(open_particles(real / J2), voltage=100, cs=9, amplitude_contrast=0.5)["optics"]
     data = read_cs(real / J2)
