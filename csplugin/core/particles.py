@@ -93,7 +93,8 @@ class ParticleTable:
     @cached_property
     def images(self) -> ParticleImages:
         """The raw particle images, read on demand: ``images[i:j]`` -> ``(k, N, N)`` float32
-        in table order (:class:`csplugin.core.images.ParticleImages`; stacks checked on first use)."""
+        in table order (:class:`csplugin.core.images.ParticleImages`; stacks checked on first
+        use)."""
         return ParticleImages(self)
 
     @property
@@ -238,11 +239,11 @@ def _from_cs(path: Path, passthrough: str | Path | None) -> ParticleTable:
     p["stack_index"] = data["blob/idx"].astype(np.int64)
     p["pixel_size"] = data["blob/psize_A"].astype(np.float64)
     p["box"] = data["blob/shape"][:, -1].astype(np.int64) if n else []
-    if "alignments2D/pose" in fields:
+    if Cs.A2D_POSE in fields:
         angle, shift = cv.from_cryosparc_pose(
-            data["alignments2D/pose"], data["alignments2D/shift"],
-            data["alignments2D/psize_A"] if "alignments2D/psize_A" in fields else data["blob/psize_A"],
-            data["blob/psize_A"])
+            data[Cs.A2D_POSE], data[Cs.A2D_SHIFT],
+            data[Cs.A2D_PSIZE] if Cs.A2D_PSIZE in fields else data[Cs.BLOB_PSIZE],
+            data[Cs.BLOB_PSIZE])
     else:
         angle, shift = np.zeros(n), np.zeros((n, 2))
     p["angle"], p["shift_x"], p["shift_y"] = angle, shift[:, 0], shift[:, 1]
@@ -532,6 +533,11 @@ def _check_values(table: ParticleTable) -> None:
                              "has no pixel size", f"set {Cs.A2D_PSIZE} (normally {Cs.BLOB_PSIZE})")
     identify.finite_or_refuse(path, p["angle"].to_numpy(), angle_field, where)
     identify.finite_or_refuse(path, p[["shift_x", "shift_y"]].to_numpy(), shift_field, where)
+    if table.kind == "cs":  # .star values were checked label by label on reading
+        names = table.native.dtype.names
+        for cs_field in [f for f, _, _, _ in _CTF_FIELDS] + [Cs.A2D_CLASS_POSTERIOR]:
+            if cs_field in names:
+                identify.finite_or_refuse(path, table.native[cs_field], cs_field, where)
 
 
 def _first_row_line(table: ParticleTable) -> int | None:

@@ -434,3 +434,13 @@ def test_single_image_file_named_without_slice_is_read(real: Path, tmp_path: Pat
     star.write_text("\n".join(lines) + "\n")
     table = open_particles(star, project_dir=tmp_path)
     np.testing.assert_array_equal(table.images[:], images)
+
+
+@pytest.mark.parametrize("field", ["ctf/df1_A", "alignments2D/class_posterior"])
+def test_non_finite_cs_ctf_or_posterior_is_refused_at_open(real: Path, tmp_path: Path,
+                                                           field: str) -> None:
+    data = read_cs(real / "cryodrgn/cryosparc_J2_particles_exported.cs")
+    data[field][5] = np.nan
+    write_cs(tmp_path / "nan.cs", data)
+    with pytest.raises(InputError, match=rf"row 5 \(uid {data['uid'][5]}\): {field} is nan"):
+        open_particles(tmp_path / "nan.cs")
