@@ -36,7 +36,7 @@ from csplugin.averaging.rir.classifier import RIRClass2D
 from csplugin.averaging.rir.clustering import aligned_kmeans, network_means
 from csplugin.core.native import check_writable, save_particles
 from csplugin.core.particles import ParticleTable
-from csplugin.jobs.export_aligned import prepare_outdir
+from csplugin.outputs.directory import claim, transaction
 from csplugin.outputs.paths import relion_path
 from formats import InputError
 
@@ -52,6 +52,7 @@ class ClassifyResult:
     class_sizes: list[int] | None
 
 
+@transaction()  # the result replaces OUTDIR's previous one on return, or nothing changes
 def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int = 10,
                        n_classes: int | None = None, seed: int = 0, overwrite: bool = False,
                        **options: Any) -> ClassifyResult:
@@ -90,7 +91,8 @@ def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int 
     products = [outdir / "neighbors.npz", outdir / "summary.json"]
     if n_classes is not None:
         products += [outdir / "particles.star", outdir / "particles.cs"]
-    prepare_outdir(outdir, products, overwrite)
+    out = claim(outdir, [p.name for p in products], job="classify", overwrite=overwrite)
+    final, products = products, [out.stage(p.name) for p in products]  # all-or-nothing there
     try:
         classifier.classify()
     except ValueError as exc:
@@ -117,8 +119,8 @@ def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int 
                        products[3])
         summary["class_sizes"] = sizes
     products[1].write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    star, cs = (products[2], products[3]) if n_classes is not None else (None, None)
-    return ClassifyResult(products[0], products[1], star, cs, sizes)
+    star, cs = (final[2], final[3]) if n_classes is not None else (None, None)
+    return ClassifyResult(final[0], final[1], star, cs, sizes)
 
 
 def partition(classifier: RIRClass2D, n_classes: int, rng: np.random.Generator

@@ -22,7 +22,6 @@ particles.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from csplugin.core.native import check_writable, save_particles
 from csplugin.core.particles import ParticleTable
 from csplugin.engines.transform import INTERPOLATIONS, align_images
 from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
+from csplugin.outputs.directory import claim, transaction
 from csplugin.outputs.paths import relion_path
 from formats import InputError
 from formats.mrc import Stack, StackWriter
@@ -51,22 +51,7 @@ class ExportResult:
     particles: int
 
 
-def prepare_outdir(outdir: Path, products: list[Path], overwrite: bool) -> None:
-    """Create ``outdir``, refuse to replace existing products without ``overwrite``, and
-    check that it is writable, before any work starts."""
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        probe = outdir / f".csplugin-write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(outdir, f"cannot be written ({exc.strerror})",
-                         "choose an output directory you can write to") from None
-    existing = [p for p in products if p.exists()]
-    if existing and not overwrite:
-        raise InputError(existing[0], "already exists", "pass --overwrite to replace it")
-
-
+@transaction()
 def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: str = "cubic",
                    float16: bool = False, particles_per_stack: int = 10_000,
                    chunk_size: int | None = None, overwrite: bool = False,
@@ -114,48 +99,41 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
     names = [outdir / f"particles_aligned_{k:04d}.mrcs"
              for k in range((n + particles_per_stack - 1) // particles_per_stack)]
     star_path, cs_path = outdir / "particles.star", outdir / "particles.cs"
-    prepare_outdir(outdir, [star_path, cs_path, *names], overwrite)
+    out = claim(outdir, [p.name for p in (star_path, cs_path, *names)], job="export-aligned",
+                overwrite=overwrite, needs_bytes=n * (box * box * (2 if float16 else 4) + 1024))
+    final = ExportResult(star_path, cs_path, names, n)
+    # written into the staging directory; relion_path names the final place
+    names = [out.stage(p.name) for p in names]
+    star_path, cs_path = out.stage(star_path.name), out.stage(cs_path.name)
 
     p = table.particles
     angles = p["angle"].to_numpy()
     shifts = p[["shift_x", "shift_y"]].to_numpy()
-    written: list[Path] = []
-    try:
-        if runner is None:
-            chunks = iter_chunks(table, chunk_size, stacks_in, segment=particles_per_stack)
-            with ThreadPoolExecutor(max_workers=1) as writer_thread:  # writes overlap the maths
-                for k, name in enumerate(names):
-                    count = min(particles_per_stack, n - k * particles_per_stack)
-                    _write_stack(name, count, chunks, angles, shifts, box, pixel_size, float16,
-                                 interpolation, writer_thread, progress)
-                    written.append(name)
-        else:
-            written += names  # tasks finish in any order: on failure remove them all
-            blocks = [np.arange(k * particles_per_stack, min((k + 1) * particles_per_stack, n))
-                      for k in range(len(names))]
-            tasks = ((task_table(table, rows), used_stacks(table, rows, stacks_in),
-                      name.absolute(), box, pixel_size, float16, interpolation, chunk_size)
-                     for rows, name in zip(blocks, names))
-            for _ in runner.map(export_stack, tasks, map(len, blocks), progress):
-                pass
-        stack_index = np.arange(n) % particles_per_stack
-        which = np.arange(n) // particles_per_stack
-        aligned = table.with_columns(
-            stack=[str(names[w].absolute()) for w in which], stack_index=stack_index,
-            angle=0.0, shift_x=0.0, shift_y=0.0,
-            psi_prior=cv.residual_psi_prior(p["psi_prior"].to_numpy(), angles))
-        save_particles(aligned.with_columns(
-            image_path=[relion_path(names[w]) for w in which]), star_path)
-        written.append(star_path)
-        save_particles(aligned.with_columns(image_path=[names[w].name for w in which]), cs_path)
-    except BaseException:
-        for path in written:  # no partial outputs: a failed run leaves none of its files
-            path.unlink(missing_ok=True)
-        raise
-    finally:
-        if runner is not None:
-            remove_stale_parts(names)
-    return ExportResult(star_path, cs_path, names, n)
+    if runner is None:
+        chunks = iter_chunks(table, chunk_size, stacks_in, segment=particles_per_stack)
+        with ThreadPoolExecutor(max_workers=1) as writer_thread:  # writes overlap the maths
+            for k, name in enumerate(names):
+                count = min(particles_per_stack, n - k * particles_per_stack)
+                _write_stack(name, count, chunks, angles, shifts, box, pixel_size, float16,
+                             interpolation, writer_thread, progress)
+    else:
+        blocks = [np.arange(k * particles_per_stack, min((k + 1) * particles_per_stack, n))
+                  for k in range(len(names))]
+        tasks = ((task_table(table, rows), used_stacks(table, rows, stacks_in),
+                  name.absolute(), box, pixel_size, float16, interpolation, chunk_size)
+                 for rows, name in zip(blocks, names))
+        for _ in runner.map(export_stack, tasks, map(len, blocks), progress):
+            pass
+    stack_index = np.arange(n) % particles_per_stack
+    which = np.arange(n) // particles_per_stack
+    aligned = table.with_columns(
+        stack=[str(names[w].absolute()) for w in which], stack_index=stack_index,
+        angle=0.0, shift_x=0.0, shift_y=0.0,
+        psi_prior=cv.residual_psi_prior(p["psi_prior"].to_numpy(), angles))
+    save_particles(aligned.with_columns(
+        image_path=[relion_path(names[w]) for w in which]), star_path)
+    save_particles(aligned.with_columns(image_path=[names[w].name for w in which]), cs_path)
+    return final  # committed by @transaction on return
 
 
 def export_stack(table: ParticleTable, stacks: dict[str, Stack], name: Path, box: int,
@@ -165,7 +143,8 @@ def export_stack(table: ParticleTable, stacks: dict[str, Stack], name: Path, box
 
     ``stacks`` holds (at least) the input stacks the table refers to, already checked.
     Returns ``name``. The stack appears atomically, so a task that dies leaves at most a
-    hidden ``.name.*.part`` file (see :func:`remove_stale_parts`).
+    hidden ``.name.*.part`` file in the job's staging directory
+    (:mod:`csplugin.outputs.directory` removes it).
     """
     p = table.particles
     angles, shifts = p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy()
@@ -195,10 +174,3 @@ def _write_stack(name: Path, count: int, chunks: Iterator[tuple[np.ndarray, np.n
                 progress(len(rows))
         if pending is not None:
             pending.result()
-
-
-def remove_stale_parts(products: list[Path]) -> None:
-    """Remove the temporary ``.NAME.*.part`` files that tasks killed mid-write left behind."""
-    for product in products:
-        for stale in product.parent.glob(f".{product.name}.*.part"):
-            stale.unlink(missing_ok=True)
