@@ -49,7 +49,7 @@ cryoSPARC                      RELION                           internal column
 ``ctf/bfactor``                ``rlnCtfBfactor``                 ``bfactor`` (Å²)
 ``ctf/scale``                  ``rlnCtfScalefactor``             ``ctf_scale``
 ``ctf/exp_group_id``           optics group (name               ``optics_group``
-                               ``opticsGroup<id>``)
+                               ``exp_group_<id>``)
 ``alignments2D/class_posterior`` ``rlnMaxValueProbDistribution``  ``class_posterior``
 ``filament/filament_uid``      ``rlnHelicalTubeID``              ``helical_tube_id``
 ``filament/filament_pose``     ``rlnAnglePsiPrior`` =            ``psi_prior`` (deg)
