@@ -228,17 +228,17 @@ def _from_cs(path: Path, passthrough: str | Path | None) -> ParticleTable:
     found = identify.identify_cs(path, fields)
     if found is not None:
         raise found
-    for needed in ("blob/path", "blob/idx", "blob/psize_A", "blob/shape"):
+    for needed in (Cs.BLOB_PATH, Cs.BLOB_IDX, Cs.BLOB_PSIZE, Cs.BLOB_SHAPE):
         if needed not in fields:
             raise InputError(path, f"has no field '{needed}'",
                              "pass the particles .cs of a job that outputs particle blobs")
     native_read.check_alignments(fields, path)
     n = len(data)
     p = pd.DataFrame({"uid": data["uid"].astype(np.uint64)})
-    p["image_path"] = np.char.lstrip(decode(data["blob/path"]), ">") if n else []
-    p["stack_index"] = data["blob/idx"].astype(np.int64)
-    p["pixel_size"] = data["blob/psize_A"].astype(np.float64)
-    p["box"] = data["blob/shape"][:, -1].astype(np.int64) if n else []
+    p["image_path"] = np.char.lstrip(decode(data[Cs.BLOB_PATH]), ">") if n else []
+    p["stack_index"] = data[Cs.BLOB_IDX].astype(np.int64)
+    p["pixel_size"] = data[Cs.BLOB_PSIZE].astype(np.float64)
+    p["box"] = data[Cs.BLOB_SHAPE][:, -1].astype(np.int64) if n else []
     if Cs.A2D_POSE in fields:
         angle, shift = cv.from_cryosparc_pose(
             data[Cs.A2D_POSE], data[Cs.A2D_SHIFT],
@@ -247,21 +247,21 @@ def _from_cs(path: Path, passthrough: str | Path | None) -> ParticleTable:
     else:
         angle, shift = np.zeros(n), np.zeros((n, 2))
     p["angle"], p["shift_x"], p["shift_y"] = angle, shift[:, 0], shift[:, 1]
-    p["class_index"] = (cv.from_base(data["alignments2D/class"], cv.CRYOSPARC_BASE)
-                        if "alignments2D/class" in fields else np.full(n, -1))
-    p["class_posterior"] = _column(data, "alignments2D/class_posterior", n)
-    p["optics_group"] = (data["ctf/exp_group_id"].astype(np.int64)
-                         if "ctf/exp_group_id" in fields else np.zeros(n, np.int64))
+    p["class_index"] = (cv.from_base(data[Cs.A2D_CLASS], cv.CRYOSPARC_BASE)
+                        if Cs.A2D_CLASS in fields else np.full(n, -1))
+    p["class_posterior"] = _column(data, Cs.A2D_CLASS_POSTERIOR, n)
+    p["optics_group"] = (data[Cs.CTF_EXP_GROUP].astype(np.int64)
+                         if Cs.CTF_EXP_GROUP in fields else np.zeros(n, np.int64))
     for cs_field, _, column, factor in _CTF_FIELDS:
         p[column] = _column(data, cs_field, n) * factor
     p["ctf_premultiplied"] = False
-    p["helical_tube_id"] = (data["filament/filament_uid"].astype(np.int64)
-                            if "filament/filament_uid" in fields else np.full(n, -1))
-    p["psi_prior"] = (cv.filament_pose_to_psi_prior(data["filament/filament_pose"])
-                      if "filament/filament_pose" in fields else np.full(n, np.nan))
+    p["helical_tube_id"] = (data[Cs.FIL_UID].astype(np.int64)
+                            if Cs.FIL_UID in fields else np.full(n, -1))
+    p["psi_prior"] = (cv.filament_pose_to_psi_prior(data[Cs.FIL_POSE])
+                      if Cs.FIL_POSE in fields else np.full(n, np.nan))
     _add_location_from_cs(p, data)
     p = p.assign(**native_read.native_columns(data, p))  # native.py writes them back
-    return ParticleTable(p, "cs", path, data, aligned="alignments2D/pose" in fields)
+    return ParticleTable(p, "cs", path, data, aligned=Cs.A2D_POSE in fields)
 
 
 def _column(data: np.ndarray, field: str, n: int) -> np.ndarray:
@@ -271,12 +271,12 @@ def _column(data: np.ndarray, field: str, n: int) -> np.ndarray:
 
 def _add_location_from_cs(p: pd.DataFrame, data: np.ndarray) -> None:
     names = data.dtype.names
-    if "location/micrograph_path" in names:
-        p["micrograph"] = decode(data["location/micrograph_path"])
-    if {"location/center_x_frac", "location/micrograph_shape"} <= set(names):
-        shape = data["location/micrograph_shape"].astype(np.float64)  # [ny, nx]
-        p["coordinate_x"] = data["location/center_x_frac"] * shape[:, 1]
-        p["coordinate_y"] = data["location/center_y_frac"] * shape[:, 0]
+    if Cs.LOC_MICROGRAPH_PATH in names:
+        p["micrograph"] = decode(data[Cs.LOC_MICROGRAPH_PATH])
+    if {Cs.LOC_CENTER_X, Cs.LOC_MICROGRAPH_SHAPE} <= set(names):
+        shape = data[Cs.LOC_MICROGRAPH_SHAPE].astype(np.float64)  # [ny, nx]
+        p["coordinate_x"] = data[Cs.LOC_CENTER_X] * shape[:, 1]
+        p["coordinate_y"] = data[Cs.LOC_CENTER_Y] * shape[:, 0]
 
 
 def _from_star(path: Path) -> ParticleTable:
@@ -286,26 +286,26 @@ def _from_star(path: Path) -> ParticleTable:
     n = len(particles)
     if optics is not None:
         particles = _single_optics_group(path, particles, optics)
-        merged = particles[["rlnOpticsGroup"]].merge(optics, on="rlnOpticsGroup", how="left")
+        merged = particles[[Relion.OPTICS_GROUP]].merge(optics, on=Relion.OPTICS_GROUP, how="left")
         _known_optics_groups(path, particles, optics, outline)
         pixel_size = _label(merged, Relion.IMAGE_PIXEL_SIZE, n)  # checked in _check_values
-        box = merged["rlnImageSize"].to_numpy(np.int64) if "rlnImageSize" in merged else None
-        group = particles["rlnOpticsGroup"].to_numpy(np.int64)
-        names = merged.get("rlnOpticsGroupName")
+        box = merged[Relion.IMAGE_SIZE].to_numpy(np.int64) if Relion.IMAGE_SIZE in merged else None
+        group = particles[Relion.OPTICS_GROUP].to_numpy(np.int64)
+        names = merged.get(Relion.OPTICS_GROUP_NAME)
         if names is not None:
             from_name = names.astype(str).str.extract(rf"^{_GROUP_NAME}(\d+)$")[0]
             group = np.where(from_name.notna(), pd.to_numeric(from_name), group).astype(np.int64)
         lookup = merged
     else:
-        if {"rlnDetectorPixelSize", "rlnMagnification"} <= set(particles):
-            pixel_size = cv.relion30_pixel_size(particles["rlnDetectorPixelSize"],
-                                                particles["rlnMagnification"])
-        elif "rlnImagePixelSize" in particles:
-            pixel_size = particles["rlnImagePixelSize"].to_numpy(np.float64)
+        if {Relion.DETECTOR_PIXEL_SIZE, Relion.MAGNIFICATION} <= set(particles):
+            pixel_size = cv.relion30_pixel_size(particles[Relion.DETECTOR_PIXEL_SIZE],
+                                                particles[Relion.MAGNIFICATION])
+        elif Relion.IMAGE_PIXEL_SIZE in particles:
+            pixel_size = particles[Relion.IMAGE_PIXEL_SIZE].to_numpy(np.float64)
         else:  # no pixel size: _check_values says so, with what the stack header gives
             pixel_size = np.full(n, np.nan)
         box, group, lookup = None, np.ones(n, np.int64), particles
-    numbers, stacks = split_image_names(particles["rlnImageName"], path)
+    numbers, stacks = split_image_names(particles[Relion.IMAGE_NAME], path)
     p = pd.DataFrame({"uid": np.arange(n, dtype=np.uint64)})
     p["image_path"] = stacks
     p["stack_index"] = cv.from_base(numbers, cv.RELION_BASE)
@@ -313,35 +313,36 @@ def _from_star(path: Path) -> ParticleTable:
     p["whole_file"] = ~particles[Relion.IMAGE_NAME].astype(str).str.contains("@", regex=False)
     p["pixel_size"] = pixel_size
     p["box"] = box if box is not None else np.zeros(n, np.int64)
-    if {"rlnOriginXAngst", "rlnOriginYAngst"} <= set(particles):
-        origin = cv.origin_angstrom_to_px(particles[["rlnOriginXAngst", "rlnOriginYAngst"]],
+    if {Relion.ORIGIN_X_ANGST, Relion.ORIGIN_Y_ANGST} <= set(particles):
+        origin = cv.origin_angstrom_to_px(particles[[Relion.ORIGIN_X_ANGST, Relion.ORIGIN_Y_ANGST]],
                                           pixel_size)
-    elif {"rlnOriginX", "rlnOriginY"} <= set(particles):
-        origin = particles[["rlnOriginX", "rlnOriginY"]].to_numpy(np.float64)
+    elif {Relion.ORIGIN_X, Relion.ORIGIN_Y} <= set(particles):
+        origin = particles[[Relion.ORIGIN_X, Relion.ORIGIN_Y]].to_numpy(np.float64)
     else:
         origin = np.zeros((n, 2))
-    psi = particles["rlnAnglePsi"].to_numpy(np.float64) if "rlnAnglePsi" in particles \
+    psi = particles[Relion.ANGLE_PSI].to_numpy(np.float64) if Relion.ANGLE_PSI in particles \
         else np.zeros(n)
     angle, shift = cv.from_relion_pose(psi, origin)
     p["angle"], p["shift_x"], p["shift_y"] = angle, shift[:, 0], shift[:, 1]
-    p["class_index"] = (cv.from_base(particles["rlnClassNumber"], cv.RELION_BASE)
-                        if "rlnClassNumber" in particles else np.full(n, -1))
-    p["class_posterior"] = _label(particles, "rlnMaxValueProbDistribution", n)
+    p["class_index"] = (cv.from_base(particles[Relion.CLASS_NUMBER], cv.RELION_BASE)
+                        if Relion.CLASS_NUMBER in particles else np.full(n, -1))
+    p["class_posterior"] = _label(particles, Relion.MAX_VALUE_PROB, n)
     p["optics_group"] = group
     for _, label, column, _ in _CTF_FIELDS:
         source = lookup if label in _OPTICS_LABELS and label not in particles else particles
         p[column] = _label(source, label, n)
-    premult = lookup.get("rlnCtfDataAreCtfPremultiplied")
+    premult = lookup.get(Relion.CTF_PREMULTIPLIED)
     p["ctf_premultiplied"] = (premult.fillna(0).to_numpy().astype(bool) if premult is not None
                               else False)
-    p["helical_tube_id"] = (particles["rlnHelicalTubeID"].to_numpy(np.int64)
-                            if "rlnHelicalTubeID" in particles else np.full(n, -1))
-    p["psi_prior"] = _label(particles, "rlnAnglePsiPrior", n)
-    for label, column in (("rlnMicrographName", "micrograph"), ("rlnCoordinateX", "coordinate_x"),
-                          ("rlnCoordinateY", "coordinate_y")):
+    p["helical_tube_id"] = (particles[Relion.HELICAL_TUBE_ID].to_numpy(np.int64)
+                            if Relion.HELICAL_TUBE_ID in particles else np.full(n, -1))
+    p["psi_prior"] = _label(particles, Relion.ANGLE_PSI_PRIOR, n)
+    for label, column in ((Relion.MICROGRAPH_NAME, "micrograph"),
+                          (Relion.COORDINATE_X, "coordinate_x"),
+                          (Relion.COORDINATE_Y, "coordinate_y")):
         if label in particles:
             p[column] = particles[label].to_numpy()
-    aligned = bool({"rlnAnglePsi", "rlnOriginX", "rlnOriginXAngst"} & set(particles))
+    aligned = bool({Relion.ANGLE_PSI, Relion.ORIGIN_X, Relion.ORIGIN_X_ANGST} & set(particles))
     p = p.assign(**native_read.native_columns(particles, p))  # native.py writes them back
     return ParticleTable(p, "star", path, particles, optics, aligned)
 
