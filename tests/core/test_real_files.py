@@ -444,3 +444,17 @@ def test_non_finite_cs_ctf_or_posterior_is_refused_at_open(real: Path, tmp_path:
     write_cs(tmp_path / "nan.cs", data)
     with pytest.raises(InputError, match=rf"row 5 \(uid {data['uid'][5]}\): {field} is nan"):
         open_particles(tmp_path / "nan.cs")
+
+
+def test_extended_header_variant_reads_the_same_images(real: Path, tmp_path: Path) -> None:
+    """relion31.mrcs rewritten with a 1024-byte extended header (nsymbt): same images."""
+    from formats.mrc import open_stack
+
+    raw = (real / "cryodrgn/relion31.mrcs").read_bytes()
+    header = bytearray(raw[:1024])
+    header[92:96] = np.int32(1024).tobytes()  # nsymbt
+    shutil.copy(real / "cryodrgn/relion31.star", tmp_path)
+    (tmp_path / "relion31.mrcs").write_bytes(bytes(header) + b"\0" * 1024 + raw[1024:])
+    table = open_particles(tmp_path / "relion31.star", project_dir=tmp_path)
+    original = open_stack(real / "cryodrgn/relion31.mrcs").read(range(5))
+    np.testing.assert_array_equal(table.images[:], original)

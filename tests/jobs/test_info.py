@@ -129,3 +129,15 @@ def test_tomography_json(real: Path, capsys: pytest.CaptureFixture) -> None:
     summary = json.loads(out)
     assert code == 2 and summary["tomography"] is True and summary["ok"] is False
     assert "subtomogram particles" in summary["what"]
+
+
+def test_non_square_header_variant_is_listed(project: Path) -> None:
+    """relion31.mrcs with its header saying 128x512 (same byte count, so the size check
+    passes): the box no longer matches the metadata's 256 px."""
+    header = bytearray((project / "a.mrcs").read_bytes())
+    header[0:8] = np.array([128, 512], np.int32).tobytes()
+    (project / "a.mrcs").write_bytes(bytes(header))
+    summary = inspect(project / "particles.star")
+    [problem] = summary["stack_problems"]
+    assert problem["kind"] == "box mismatch"
+    assert "holds 128x512 images, the metadata says 256 px" in problem["message"]
