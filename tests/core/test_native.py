@@ -303,6 +303,32 @@ def test_relion30_without_its_stack_is_refused_not_written_with_box_zero(real: P
     assert not (tmp_path / "alone.cs").exists()
 
 
+# ------------------------------------------------------------------------ spaces in paths
+@pytest.mark.relion
+def test_stack_names_and_output_paths_with_spaces_are_read_back_by_relion_and_starfile(
+        real: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "dir with space"
+    folder.mkdir()
+    shutil.copy(real / "cryodrgn/relion31.mrcs", folder / "my stack.mrcs")
+    table = open_particles(real / R31)
+    moved = table.with_columns(image_path="dir with space/my stack.mrcs")
+    save_particles(moved, folder / "out put.star")
+    names = starfile.read(folder / "out put.star", always_dict=True)["particles"]["rlnImageName"]
+    assert names.tolist() == [f"{k:06d}@dir with space/my stack.mrcs" for k in range(1, 6)]
+    assert_relion_reads(folder / "out put.star", cwd=tmp_path, images=True)
+    back = open_particles(folder / "out put.star", project_dir=tmp_path)
+    assert back.particles["image_path"].unique().tolist() == ["dir with space/my stack.mrcs"]
+    assert not back.missing_stacks()
+    # and through .cs, from the command line, into a folder with a space
+    command = [sys.executable, "-m", "csplugin", "convert", str(folder / "out put.star"),
+               "-o", str(folder / "again.cs"), "--project-dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    save_particles(open_particles(folder / "again.cs", project_dir=tmp_path),
+                   folder / "again.star")
+    assert_relion_reads(folder / "again.star", cwd=tmp_path, images=True)
+
+
 # ------------------------------------------------------------------------ RELION reads them all
 def test_real_relion30_file_whose_stack_is_absent_is_refused_for_its_box(real: Path,
                                                                         tmp_path: Path) -> None:
