@@ -283,3 +283,33 @@ def test_sigterm_while_writing_aborts_and_says_so(tmp_path: Path) -> None:
         job()
     assert _visible(out) == {"a": "old"} and not _debris(tmp_path)
     assert od.last_outcome() == f"nothing written; {out} keeps its previous result"
+
+
+@pytest.mark.parametrize("when", ["before the exchange", "after the exchange"])
+def test_sigkill_during_the_commit_leaves_one_whole_result(when: str, tmp_path: Path) -> None:
+    """A toy job kills itself (SIGKILL) in the middle of its commit: OUTDIR holds the old
+    result (before the exchange) or the new one (after); the next claim removes the debris."""
+    out = tmp_path / "out"
+    _job(out, {"a": "old", "b": "old"})
+    script = f"""
+import os, signal
+from pathlib import Path
+from csplugin.outputs import directory as od
+real = od.exchange
+def exchange(a, b):
+    if {when == "before the exchange"}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    done = real(a, b)
+    os.kill(os.getpid(), signal.SIGKILL)
+od.exchange = exchange
+with od.transaction():
+    o = od.claim(Path({str(out)!r}), ["a"], job="toy", overwrite=True)
+    o.stage("a").write_text("new")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == -9, done.stderr
+    expected = {"a": "old", "b": "old"} if when == "before the exchange" else {"a": "new"}
+    assert _visible(out) == expected and _debris(tmp_path)  # staging or old tree, lock
+    _job(out, {"c": "next"}, job="other")
+    assert _visible(out) == {**expected, "c": "next"} and not _debris(tmp_path)
