@@ -164,3 +164,36 @@ def test_relion_reads_the_3d_star_and_keeps_the_angles(real: Path, tmp_path: Pat
         np.testing.assert_allclose(theirs[label], ours[label], atol=1e-5, err_msg=label)
     np.testing.assert_array_equal(theirs["rlnCsPluginUid"].to_numpy(np.uint64),
                                   ours["rlnCsPluginUid"].to_numpy(np.uint64))
+
+
+def test_cs_with_2d_and_3d_alignments_gives_the_2d_one_to_star_and_says_so(
+        real: Path, tmp_path: Path) -> None:
+    from numpy.lib import recfunctions as rfn
+
+    from csplugin.core.native import notes
+
+    two_d = read_cs(real / "cryodrgn/cryosparc_J2_particles_exported.cs")
+    three_d = read_cs(real / REAL_3D)[:len(two_d)]
+    names = [n for n in three_d.dtype.names if n.startswith("alignments3D/")]
+    both = rfn.merge_arrays([two_d, three_d[names]], flatten=True, usemask=False)
+    write_cs(tmp_path / "both.cs", both)
+    table = open_particles(tmp_path / "both.cs")
+    star = to_star(table)["particles"]
+    assert "rlnAngleRot" not in star and "rlnAngleTilt" not in star
+    np.testing.assert_allclose(star["rlnAnglePsi"], np.rad2deg(two_d["alignments2D/pose"]),
+                               atol=1e-4)
+    assert any("alignments3D is not written" in note for note in notes(table, ".star"))
+    out = to_cs(table)  # a .cs keeps both
+    np.testing.assert_array_equal(out["alignments3D/pose"], three_d["alignments3D/pose"])
+    np.testing.assert_array_equal(out["alignments2D/pose"], two_d["alignments2D/pose"])
+
+
+def test_zero_rot_and_tilt_columns_are_a_2d_alignment(real: Path, tmp_path: Path) -> None:
+    blocks = starfile.read(real / "cryodrgn/relion31.star", always_dict=True)
+    blocks["particles"]["rlnAngleRot"] = 0.0
+    blocks["particles"]["rlnAngleTilt"] = 0.0
+    starfile.write(blocks, tmp_path / "flat.star")
+    out = to_cs(open_particles(tmp_path / "flat.star"))
+    assert not [n for n in out.dtype.names if n.startswith("alignments3D/")]
+    np.testing.assert_allclose(np.rad2deg(out["alignments2D/pose"]),
+                               blocks["particles"]["rlnAnglePsi"], atol=1e-4)
