@@ -452,15 +452,16 @@ def _os_error(path: Path, exc: OSError) -> InputError:
 
 
 def disk_full(path: Path, needs_bytes: int | None) -> InputError:
-    """The one-line error for ENOSPC/EDQUOT while writing into ``path``."""
+    """The one-line error for ENOSPC/EDQUOT in ``path`` (free: once the partial result went)."""
     try:
         st = os.statvfs(path if path.exists() else path.parent)
-        free = f"; {_size(st.f_bavail * st.f_frsize)} free"
+        free = f"{_size(st.f_bavail * st.f_frsize)} free"
     except OSError:
         free = ""
-    need = f" (the result needs about {_size(needs_bytes)}{free})" if needs_bytes else \
-        (f" ({free[2:]})" if free else "")
-    return InputError(path, f"the file system is full or over quota{need}; nothing was written",
+    need = f"the result needs about {_size(needs_bytes)}" if needs_bytes else ""
+    detail = "; ".join(x for x in (need, free) if x)
+    return InputError(path, "ran out of space (file system full or quota reached) while "
+                      f"writing{f' ({detail})' if detail else ''}; nothing was written",
                       "free some space or choose another output directory")
 
 

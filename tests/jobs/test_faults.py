@@ -250,12 +250,13 @@ def test_disk_full_gives_one_line_and_leaves_nothing(small: SyntheticJob, tmp_pa
         with pytest.raises(InputError) as full:  # no size estimate: fails while writing
             class_averages(table, fs / "old", overwrite=True)
         message = str(full.value)
-        assert "full or over quota" in message and "\n" not in message, message
+        assert "ran out of space" in message and "\n" not in message, message
         assert snapshot(fs / "old") == {"class_averages.png": b"previous"}
         assert not debris(fs / "old")
         with pytest.raises(InputError) as refused:  # estimate known: refused before writing
             export_aligned(table, fs / "exp")
         assert "needs about" in str(refused.value) and not (fs / "exp").exists()
+        _log(f"disk full: {message}\nrefused: {refused.value}")
         assert sorted(os.listdir(fs)) == ["old"]
         probe = fs / "fill"
         with pytest.raises(OSError) as fill:  # the file system really is small
@@ -291,3 +292,4 @@ def test_dask_interrupt_one_line_no_worker_tracebacks(sig: int, small: Synthetic
                            and lines[0].startswith("interrupted")), err
     assert snapshot(target) in (None, {}) or status == 0
     assert not debris(target), debris(target)
+    _log(f"dask {signal.Signals(sig).name}: exit {status}, {lines[-1] if lines else ''}")

@@ -237,7 +237,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
 
     with pytest.raises(InputError) as info:
         full()
-    assert "full or over quota" in str(info.value) and "\n" not in str(info.value)
+    assert "ran out of space" in str(info.value) and "\n" not in str(info.value)
     assert _visible(out) == {"a": "old"} and not _debris(tmp_path)
     with pytest.raises(InputError, match="needs about"):
         with od.transaction():
