@@ -44,7 +44,9 @@ _OTHER_FIX = "pass a particles .star (e.g. Class2D run_itNNN_data.star) or a par
 # Labels used only to recognise foreign files.
 _TOMO_2D_STACKS = "rlnTomoSubTomosAre2DStacks"
 _TOMO_PREFIX = "rlnTomo"
-_TOMO_3D_LABELS = ("rlnCoordinateZ", "rlnCtfImage", "rlnOriginZAngst", "rlnOriginZ",
+#: A third coordinate or origin: subtomograms. (``rlnCtfImage`` alone is not: RELION's
+#: single-particle Extract copies the micrograph's CTF image name into every particle row.)
+_TOMO_3D_LABELS = ("rlnCoordinateZ", "rlnOriginZAngst", "rlnOriginZ",
                    "rlnCenteredCoordinateZAngst")
 _WARP_GROUP = re.compile(r"_\d{7}$")
 
@@ -243,6 +245,10 @@ def identify_star(path: str | Path, outline: StarOutline) -> NotParticles | None
         shown = ", ".join(tomo[:3]) + ("…" if len(tomo) > 3 else "")
         return refuse(f"RELION 4/5 subtomogram particles ({shown})", True)
     if Relion.IMAGE_NAME not in labels:
+        if "rlnMicrographShiftX" in labels or "rlnMotionModelVersion" in labels:
+            return refuse("a RELION motion-correction file of one movie (frame shifts)")
+        if "rlnMicrographCoordinates" in labels:
+            return refuse("a list of coordinate files, one per micrograph (autopick.star)")
         if "rlnCoordinateZ" in labels:
             return refuse("a table of 3D particle coordinates in tomograms (rlnCoordinateZ, no "
                           "rlnImageName)", True)
@@ -256,8 +262,9 @@ def identify_star(path: str | Path, outline: StarOutline) -> NotParticles | None
             return refuse("a table of references or class averages (rlnReferenceImage)")
     three_d = sorted(set(_TOMO_3D_LABELS) & labels)
     if Relion.IMAGE_NAME in labels and three_d:
-        return refuse(f"subtomogram particles ({', '.join(three_d)}: 3D coordinates or 3D CTF "
-                      "volumes)", True)
+        shown = three_d + (["rlnCtfImage"] if "rlnCtfImage" in labels else [])
+        return refuse(f"subtomogram particles ({', '.join(sorted(shown))}: 3D positions and "
+                      "poses)", True)
     return None
 
 

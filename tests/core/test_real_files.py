@@ -458,3 +458,35 @@ def test_extended_header_variant_reads_the_same_images(real: Path, tmp_path: Pat
     table = open_particles(tmp_path / "relion31.star", project_dir=tmp_path)
     original = open_stack(real / "cryodrgn/relion31.mrcs").read(range(5))
     np.testing.assert_array_equal(table.images[:], original)
+
+
+def test_single_particle_star_with_ctf_image_column_is_read(real: Path, tmp_path: Path) -> None:
+    """RELION's single-particle Extract copies rlnCtfImage (the micrograph's CTF power
+    spectrum) into particle rows (e.g. 3dem/em-testdata particles_1k.star); that is not a
+    subtomogram's 3D CTF: relion31.star with that column must still read."""
+    lines = (real / "cryodrgn/relion31.star").read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if line.startswith("_rln"))
+    lines.insert(last + 1, "_rlnCtfImage #27")
+    lines = [line + " CtfFind/job004/Movies/mic_PS.ctf:mrc" if "@relion31.mrcs" in line
+             else line for line in lines]
+    shutil.copy(real / "cryodrgn/relion31.mrcs", tmp_path)
+    star = tmp_path / "with_ctf_image.star"
+    star.write_text("\n".join(lines) + "\n")
+    assert len(open_particles(star, project_dir=tmp_path)) == 5
+
+
+@pytest.mark.parametrize(("text", "what"), [
+    ("data_coordinate_files\n\nloop_\n_rlnMicrographName #1\n_rlnMicrographCoordinates #2\n"
+     "MotionCorr/job002/Movies/m1.mrc AutoPick/job006/Movies/m1_autopick.star\n",
+     "list of coordinate files, one per micrograph"),
+    ("data_general\n\n_rlnImageSizeX 3710\n_rlnMotionModelVersion 1\n\ndata_global_shift\n\n"
+     "loop_\n_rlnMicrographFrameNumber #1\n_rlnMicrographShiftX #2\n_rlnMicrographShiftY #3\n"
+     "1 0.0 0.0\n", "motion-correction file"),
+])
+def test_relion_preprocessing_files_are_named(tmp_path: Path, text: str, what: str) -> None:
+    """Layouts of RELION's autopick.star and a MotionCorr movie star (RELION's own test files
+    in 3dem/em-testdata carry no licence, so only their block and label names are used)."""
+    star = tmp_path / "f.star"
+    star.write_text(text)
+    with pytest.raises(NotParticles, match=what):
+        open_particles(star)
