@@ -266,10 +266,13 @@ def power_spectrum_cmd(
                                             "0.05 N) against box-edge streaks.")] = True,
     normalize: Annotated[bool, typer.Option(help="Scale each image to mean 0, sigma 1 "
                                                  "before the FFT.")] = True,
-    power: Annotated[bool, typer.Option("--power/--amplitude", help="Average |F|² (power) "
-                                        "or |F| (amplitude).")] = True,
+    power: Annotated[bool, typer.Option("--power/--amplitude", help="Average |F|² (power; "
+                                        "HILL, SPRING) or |F| (amplitude; PyHI fits Bessel "
+                                        "functions to amplitudes).")] = True,
     log: Annotated[bool, typer.Option("--log/--linear", help="Write log10(1 + P/median) "
-                                      "instead of linear values.")] = False,
+                                      "instead of linear values (for viewers only: HILL "
+                                      "log-scales its input itself, so give it --linear).")
+                   ] = False,
     crop_resolution: Annotated[Optional[float], typer.Option(
         help="Crop the spectra at this resolution (Å); the header pixel size becomes "
              "resolution/2 so the edge still reads as Nyquist.")] = None,
@@ -277,9 +280,31 @@ def power_spectrum_cmd(
         "--suppress-detector-lines/--keep-detector-lines",
         help="Mask the kx=0 and ky=0 lines of each unrotated spectrum (camera-fixed "
              "artefacts) before rotating; other particles fill them in.")] = True,
-    axis: Annotated[str, typer.Option(help="'class': keep the 2D class frame; 'vertical' "
-                                      "(HILL, Bsoft) or 'horizontal' (RELION): turn each "
-                                      "class so its helical axis lies that way.")] = "class",
+    axis: Annotated[str, typer.Option(help="'vertical' (default; HILL, PyHI and SPRING all "
+                                      "want it: layer lines are rows), 'horizontal' (RELION "
+                                      "display, helicon denovo3D) or 'class' (keep the 2D "
+                                      "class frame): turn each class so its helical axis "
+                                      "lies that way.")] = "vertical",
+    mask_shape: Annotated[str, typer.Option(help="With --mask: 'circle' (radius 0.45 N) or "
+                                            "'filament' (a soft rectangle --filament-width Å "
+                                            "wide along the turned axis, 0.9 N long).")
+                          ] = "circle",
+    filament_width: Annotated[Optional[float], typer.Option(
+        help="Width (Å) of the filament mask (--mask-shape filament).")] = None,
+    half_sets: Annotated[bool, typer.Option(
+        help="Also write the spectra of two half sets split by filament (never by segment) "
+             "and judge each layer line by their agreement.")] = True,
+    index: Annotated[bool, typer.Option(
+        help="Detect layer lines and rank helical symmetry candidates per class "
+             "(layer_lines.csv, helical_candidates.csv).")] = True,
+    helix_radius: Annotated[Optional[str], typer.Option(
+        help="Radius range MIN-MAX (Å) of the helix's subunits for the indexing, e.g. "
+             "'30-60'; default: from the width of each class average.")] = None,
+    max_csym: Annotated[int, typer.Option(help="Largest cyclic symmetry Cn tried by the "
+                                          "indexing.")] = 6,
+    display_resolution: Annotated[Optional[float], typer.Option(
+        help="Resolution (Å) at the edge of the displayed spectra in the PNGs; default: "
+             "just beyond the last layer line found.")] = None,
     axis_angle: Annotated[Optional[str], typer.Option(
         help="Helical axis per class, degrees from +x towards +y, e.g. '0:12.5,3:-40' "
              "(class numbers in the input's numbering); default: estimated.")] = None,
@@ -300,6 +325,11 @@ def power_spectrum_cmd(
     (the unrotated average, which shows detector-fixed lines): float32, full plane, zero
     frequency at (N//2, N//2), header pixel size such that the edge is Nyquist; a PNG of
     each on axes in 1/Å; meridian/equator/radial profiles as CSV and PNG; summary.json.
+    For helical indexing also ps_classes.mrcs (all class spectra, order in summary.json
+    "stack_order"), ps_classes_half1/2.mrcs (half sets split by filament),
+    class_averages.mrcs (turned and centred like the spectra), layer_lines.csv,
+    helical_candidates.csv and index.html. Tools: HILL wants --power --linear --axis
+    vertical (the defaults); PyHI --amplitude; SPRING power, vertical.
     """
     from csplugin.core.particles import open_particles
     from csplugin.jobs.power_spectrum import SpectrumOptions, power_spectra
@@ -307,11 +337,23 @@ def power_spectrum_cmd(
     if axis not in ("class", "vertical", "horizontal"):
         raise InputError(None, f"--axis {axis!r} is not one of class, vertical, horizontal",
                          "choose --axis class, vertical or horizontal")
+    if mask_shape not in ("circle", "filament"):
+        raise InputError(None, f"--mask-shape {mask_shape!r} is not circle or filament",
+                         "choose --mask-shape circle or filament")
+    if (mask_shape == "filament") != (filament_width is not None) or (
+            filament_width is not None and (filament_width <= 0 or not mask)):
+        raise InputError(None, "--mask-shape filament and --filament-width go together "
+                         "(with --mask, width > 0)",
+                         "give both, e.g. --mask-shape filament --filament-width 150")
+    radius = _parse_range(helix_radius, "--helix-radius")
     options = SpectrumOptions(pad=pad, mask=mask, normalize=normalize,
                               quantity="power" if power else "amplitude", log=log,
                               crop_resolution=crop_resolution,
                               suppress_detector_lines=suppress_detector_lines,
-                              psi_bin_deg=psi_bin, axis=axis)  # type: ignore[arg-type]
+                              psi_bin_deg=psi_bin, axis=axis,  # type: ignore[arg-type]
+                              filament_width=filament_width, half_sets=half_sets, index=index,
+                              helix_radius=radius, max_csym=max_csym,
+                              display_resolution=display_resolution)
     from csplugin.app.dask import connect
 
     table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
@@ -322,6 +364,21 @@ def power_spectrum_cmd(
     counts = ", ".join(f"{k}: {c}" for k, c in result.classes.items())
     err.print(f"wrote spectra of {sum(result.classes.values()) or 'all'} particles "
               f"(classes {counts or '-'}) to {result.outdir}")
+    for k, angle in result.axis_angles_deg.items():
+        out.print(f"class {k}: helical axis {angle:.2f}° (from +x towards +y)", highlight=False)
+
+
+def _parse_range(text: str | None, option: str) -> tuple[float, float] | None:
+    """Parse ``"30-60"`` into ``(30.0, 60.0)`` (positive, MIN < MAX)."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(x) for x in text.split("-"))
+    except ValueError:
+        raise InputError(None, f"{option} {text!r} is not MIN-MAX", f"e.g. {option} 30-60") from None
+    if not 0 < low < high:
+        raise InputError(None, f"{option} {text!r} needs 0 < MIN < MAX", f"e.g. {option} 30-60")
+    return low, high
 
 
 def _parse_angles(text: str | None) -> dict[int, float] | None:

@@ -220,7 +220,8 @@ def vertical(image: np.ndarray, axis: str, axis_angle: float | None) -> np.ndarr
     return _turn_spectrum(image, axis_rotation(axis_angle, "vertical"))
 
 
-def _prepare(spectrum: np.ndarray, pixel_size: float, crop: float | None) -> tuple[np.ndarray, float]:
+def _prepare(spectrum: np.ndarray, pixel_size: float, crop: float | None
+             ) -> tuple[np.ndarray, float]:
     if crop is None:
         return spectrum, pixel_size
     return crop_to_resolution(spectrum, pixel_size, crop)
@@ -349,7 +350,8 @@ def helical_outputs(outdir: Path, entries: list[tuple[int, float | None, np.ndar
     extra_summary = {
         "stack_order": stack_order,
         "half_sets": {"split_by": halves_how,
-                      "particles": [int(extra.half1.n if extra.half1 else 0) for *_, extra in entries],
+                      "particles": [int(extra.half1.n if extra.half1 else 0)
+                                    for *_, extra in entries],
                       "particles_half2": [int(extra.half2.n if extra.half2 else 0)
                                           for *_, extra in entries]},
         "class_averages_particles": [int(e.average_count) for *_, e in entries],

@@ -25,7 +25,9 @@ that way. The axis of a class is taken from ``axis_angles`` when given, else fro
 class average (``class_averages``: slice = 0-based class index, as in cryoSPARC's
 ``J##_class_averages.mrc`` and RELION's ``_classes.mrcs``), else from an average rebuilt from
 up to ``AXIS_PARTICLES`` aligned particles of the class; in each case by
-:func:`csplugin.engines.power_spectrum.estimate_axis_angle` (principal axis of the bright density).
+:func:`csplugin.engines.filament.filament_axis_angle` (the normal of the strongest central line
+of the average's power spectrum, its equator: robust for oblique, thin or wide filaments and
+noisy averages).
 The pooled spectrum adds the classes *after* each is turned, so with ``vertical`` or
 ``horizontal`` it pools all segments with their helical axes made parallel.
 
@@ -48,18 +50,20 @@ import numpy as np
 
 from csplugin.core.images import check_stacks, iter_chunks
 from csplugin.core.particles import ParticleTable
+from csplugin.engines.filament import filament_axis_angle
 from csplugin.engines.power_spectrum import (
     PowerSpectrumAccumulator,
     RotatedSums,
+    add_spectra,
     axis_rotation,
     crop_to_resolution,
-    estimate_axis_angle,
     profiles,
     to_log,
 )
 from csplugin.engines.transform import align_images
-from csplugin.jobs import figures
+from csplugin.jobs import helical_indexing as helical
 from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
+from csplugin.outputs import figures
 from csplugin.outputs.directory import claim, transaction
 from formats import InputError
 from formats.atomic import atomic_output
@@ -82,7 +86,19 @@ class SpectrumOptions:
     crop_resolution: float | None = None
     suppress_detector_lines: bool = True
     psi_bin_deg: float = 0.5
-    axis: Axis = "class"
+    axis: Axis = "vertical"
+    #: Filament mask instead of the circle: width in Å of a soft rectangle along the axis.
+    filament_width: float | None = None
+    #: Half-set spectra split by filament (csplugin.jobs.helical_indexing.filament_halves).
+    half_sets: bool = True
+    #: Detect layer lines and rank helical symmetry candidates per class.
+    index: bool = True
+    #: Radius range (Å) of the helix's subunits; default: from the class average's width.
+    helix_radius: tuple[float, float] | None = None
+    #: Largest cyclic symmetry tried by the indexing.
+    max_csym: int = 6
+    #: Resolution (Å) at the edge of the displayed spectra; default: where the lines end.
+    display_resolution: float | None = None
 
 
 @dataclass
@@ -148,6 +164,7 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
     final_outdir, outdir = outdir, out.staging  # every file below goes into the staging dir
     stored = _stored_averages(class_averages, table, labels, box)
     acc_bytes = (180 / options.psi_bin_deg) * (options.pad * box) * (options.pad * box // 2 + 1) * 4
+    acc_bytes *= 2 if options.half_sets else 1  # two accumulators (half sets) per class
     per_pass = max(1, int(memory_budget // acc_bytes))
     keys: list[int | None] = [int(k) for k in labels] or [None]  # None: unclassified input
     if runner is None:
@@ -159,16 +176,20 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
     pooled: RotatedSums | None = None
     spectra: dict[str, np.ndarray] = {}
     axis_deg: dict[int, float] = {}
-    for k, angle, sums in class_sums:  # in class order
+    helix: list[tuple[int, float | None, np.ndarray, helical.ClassExtras]] = []
+    for k, angle, sums, extras in class_sums:  # in class order
         if angle is not None:
             axis_deg[k] = float(np.rad2deg(angle))
         if k is not None:
             spectra[f"ps_class{k}"] = sums.spectrum()
+            helix.append((k, angle, spectra[f"ps_class{k}"], extras))
         pooled = sums if pooled is None else pooled + sums
     assert pooled is not None
     spectra["ps_all"] = pooled.spectrum()
     spectra["ps_camera_frame"] = pooled.camera_frame()
-    header_pixel = _write_outputs(outdir, spectra, pixel_size, options)
+    # the class PNGs (average | spectrum with layer lines | profiles) come from helical_outputs
+    header_pixel = _write_outputs(outdir, spectra, pixel_size, options,
+                                  skip_png={f"ps_class{k}" for k, *_ in helix})
     counts = {int(k): int(np.sum(numbers == k)) for k in labels}
     result = SpectrumResult(final_outdir, counts, axis_deg, pixel_size, header_pixel)
     summary = {"input": str(table.source), "particles": len(table),
@@ -176,12 +197,22 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
                "classes": counts, "axis_angles_deg": axis_deg, "pixel_size_A": pixel_size,
                "header_pixel_size_A": header_pixel, "box": box,
                "spectrum_size": int(spectra["ps_all"].shape[0]), "options": asdict(options)}
+    if helix:
+        summary.update(helical.helical_outputs(outdir, helix, pixel_size, box, options,
+                                               helical.filament_halves(table)[1], summary))
     with atomic_output(outdir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
     return result
 
 
-ClassSums = Iterator[tuple[int | None, float | None, RotatedSums]]
+def _json_default(value: object) -> object:
+    """NumPy scalars (and anything else) in summary.json."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+ClassSums = Iterator[tuple[int | None, float | None, RotatedSums, "helical.ClassExtras"]]
 
 
 def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[int | None],
@@ -191,27 +222,40 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
     """Yield ``(class, axis angle or None, rotated sums)`` per class, in order, computing
     ``per_pass`` classes per pass over their particles (the local run)."""
     numbers, box = table.class_numbers(), table.box()
+    halves = helical.filament_halves(table)[0]
     for first in range(0, len(keys), per_pass):
         group = keys[first:first + per_pass]
         subset = table.take(np.isin(numbers, group)) if group != [None] else table
-        accs = {k: _accumulator(box, options) for k in group}
-        rebuilt: dict[int, tuple[np.ndarray, int]] = {}
+        accs = {k: _accumulator(box, options) for k in group}  # half 1 with half sets
+        seconds = {k: _accumulator(box, options) for k in group} if options.half_sets else {}
+        rebuilt: dict[int, tuple[np.ndarray, int]] = {}  # every particle: class_averages.mrcs
         sub_numbers = subset.class_numbers()
-        want_axis = options.axis != "class"
+        sub_halves = halves[np.isin(numbers, group)] if group != [None] else halves
+        masker = helical.filament_masker(subset, stacks, group, given, stored, options)
         for chunk_rows, images in iter_chunks(subset, stacks=stacks):
             angles = subset.particles["angle"].to_numpy()[chunk_rows]
-            for k, acc in accs.items():
+            owners = (np.searchsorted(group, sub_numbers[chunk_rows]) if group != [None]
+                      else np.zeros(len(chunk_rows), np.int64))
+            if seconds:
+                owners = owners + len(group) * sub_halves[chunk_rows]
+            add_spectra(list(accs.values()) + list(seconds.values()),  # one FFT per particle
+                        masker(images, chunk_rows) if masker else images, angles, owners)
+            for k in accs:
                 mine = sub_numbers[chunk_rows] == k if k is not None else slice(None)
-                if np.any(mine):
-                    acc.add(images[mine], angles[mine])
-                    if want_axis and k is not None and k not in stored:
-                        _rebuild(rebuilt, k, images[mine], subset, chunk_rows[mine])
+                if k is not None and np.any(mine):
+                    _rebuild(rebuilt, k, images[mine], subset, chunk_rows[mine], None)
             if progress is not None:
                 progress(len(chunk_rows))
         for k, acc in accs.items():
             angle = _axis_angle(k, given, stored, rebuilt, options.axis) if k is not None else None
-            yield k, angle, acc.rotated_sums(_rotation(angle, options.axis))
-        del accs  # free this group's bins before the next pass
+            rotation = _rotation(angle, options.axis)
+            h1 = acc.rotated_sums(rotation) if acc.n else None
+            h2 = seconds[k].rotated_sums(rotation) if seconds and seconds[k].n else None
+            sums = h2 if h1 is None else (h1 if h2 is None else h1 + h2)
+            assert sums is not None
+            yield k, angle, sums, helical.ClassExtras(
+                h1 if seconds else None, h2, *rebuilt.get(k, (None, 0)))  # type: ignore[arg-type]
+        del accs, seconds  # free this group's bins before the next pass
 
 
 def _block_tasks(table: ParticleTable, stacks: dict[str, Stack], keys: list[int | None],
@@ -223,28 +267,38 @@ def _block_tasks(table: ParticleTable, stacks: dict[str, Stack], keys: list[int 
     numbers, box = table.class_numbers(), table.box()
     members = {k: np.flatnonzero(numbers == k) if k is not None else np.arange(len(table))
                for k in keys}
-    missing = [k for k in keys if k is not None and options.axis != "class"
-               and not (given and k in given) and k not in stored]
+    if options.filament_width is not None:
+        raise InputError(None, "the filament mask runs in one process",
+                         "drop --scheduler/--workers or use the circular mask")
+    missing = [k for k in keys if k is not None]  # also for class_averages.mrcs
     firsts = [members[k][:AXIS_PARTICLES] for k in missing]
     rebuilt = dict(zip(missing, runner.map(
         rebuilt_average, ((task_table(table, r), used_stacks(table, r, stacks)) for r in firsts),
         [0] * len(firsts))))  # these particles count once, in their block
     angles = {k: _axis_angle(k, given, stored, rebuilt, options.axis) if k is not None else None
               for k in keys}
-    blocks: list[tuple[int | None, np.ndarray]] = []
+    halves = helical.filament_halves(table)[0] if options.half_sets else np.zeros(len(table),
+                                                                                  np.int64)
+    blocks: list[tuple[int | None, int, np.ndarray]] = []  # (class, half, rows)
     for k in keys:
-        bins = _accumulator(box, options).psi_bins(
-            table.particles["angle"].to_numpy()[members[k]])
-        blocks += [(k, members[k][part]) for part in psi_blocks(bins, block_particles)]
+        for h in (0, 1):
+            rows_h = members[k][halves[members[k]] == h]
+            bins = _accumulator(box, options).psi_bins(
+                table.particles["angle"].to_numpy()[rows_h])
+            blocks += [(k, h, rows_h[part]) for part in psi_blocks(bins, block_particles)]
     tasks = ((task_table(table, rows), used_stacks(table, rows, stacks), box, options,
-              _rotation(angles[k], options.axis)) for k, rows in blocks)
-    results = runner.map(spectrum_block, tasks, [len(rows) for _, rows in blocks], progress)
-    sums: RotatedSums | None = None
-    for i, ((k, _), block) in enumerate(zip(blocks, results)):
-        sums = block if sums is None else sums + block
+              _rotation(angles[k], options.axis)) for k, _, rows in blocks)
+    results = runner.map(spectrum_block, tasks, [len(rows) for *_, rows in blocks], progress)
+    half_sums: list[RotatedSums | None] = [None, None]
+    for i, ((k, h, _), block) in enumerate(zip(blocks, results)):
+        half_sums[h] = block if half_sums[h] is None else half_sums[h] + block  # type: ignore[operator]
         if i + 1 == len(blocks) or blocks[i + 1][0] != k:
-            yield k, angles[k], sums
-            sums = None
+            h1, h2 = half_sums
+            sums = h2 if h1 is None else (h1 if h2 is None else h1 + h2)
+            assert sums is not None
+            yield k, angles[k], sums, helical.ClassExtras(  # averages of up to AXIS_PARTICLES
+                h1 if options.half_sets else None, h2, *rebuilt.get(k, (None, 0)))  # type: ignore[arg-type]
+            half_sums = [None, None]
 
 
 def psi_blocks(bins: np.ndarray, size: int) -> list[np.ndarray]:
@@ -303,7 +357,9 @@ def _rotation(angle: float | None, axis: Axis) -> float:
 
 
 def _accumulator(box: int, o: SpectrumOptions) -> PowerSpectrumAccumulator:
-    return PowerSpectrumAccumulator(box, pad=o.pad, mask=o.mask, normalize=o.normalize,
+    own = o.filament_width is None  # else the filament masker conditions the images
+    return PowerSpectrumAccumulator(box, pad=o.pad, mask=o.mask and own,
+                                    normalize=o.normalize and own,
                                     suppress_detector_lines=o.suppress_detector_lines,
                                     psi_bin_deg=o.psi_bin_deg, quantity=o.quantity)
 
@@ -324,12 +380,13 @@ def _stored_averages(path: str | Path | None, table: ParticleTable, labels: np.n
     return {int(k): image for k, image in zip(labels, stack.read(index))}
 
 
-def _rebuild(sums: dict[int, tuple[np.ndarray, int]], k: int, images: np.ndarray, table: ParticleTable,
-             rows: np.ndarray) -> None:
-    """Add up to AXIS_PARTICLES aligned particles of class k to its running sum."""
+def _rebuild(sums: dict[int, tuple[np.ndarray, int]], k: int, images: np.ndarray,
+             table: ParticleTable, rows: np.ndarray,
+             limit: int | None = AXIS_PARTICLES) -> None:
+    """Add up to ``limit`` (None: all) aligned particles of class k to its running sum."""
     have = sums.get(k)
     count = 0 if have is None else int(have[1])
-    take = min(len(rows), AXIS_PARTICLES - count)
+    take = len(rows) if limit is None else min(len(rows), limit - count)
     if take <= 0:
         return
     p = table.particles.iloc[rows[:take]]
@@ -346,11 +403,11 @@ def _axis_angle(k: int, given: dict[int, float] | None, stored: dict[int, np.nda
     if axis == "class":
         return None
     image = stored[k] if k in stored else rebuilt[k][0] / rebuilt[k][1]
-    return estimate_axis_angle(image)
+    return filament_axis_angle(image)
 
 
 def _write_outputs(outdir: Path, spectra: dict[str, np.ndarray], pixel_size: float,
-                   o: SpectrumOptions) -> float:
+                   o: SpectrumOptions, skip_png: set[str] = frozenset()) -> float:  # type: ignore[assignment]
     """Write every spectrum (.mrc, .png, profiles); return the header pixel size."""
     header_pixel = pixel_size
     profile_axis = "horizontal" if o.axis == "horizontal" else "vertical"
@@ -361,5 +418,6 @@ def _write_outputs(outdir: Path, spectra: dict[str, np.ndarray], pixel_size: flo
         write_image(outdir / f"{name}.mrc", data, header_pixel)
         prof = profiles(spectrum, header_pixel, profile_axis)
         figures.profiles_csv(outdir / f"{name}_profiles.csv", prof)
-        figures.spectrum_png(outdir / f"{name}.png", spectrum, header_pixel, prof, title=name)
+        if name not in skip_png:
+            figures.spectrum_png(outdir / f"{name}.png", spectrum, header_pixel, prof, title=name)
     return header_pixel

@@ -51,9 +51,10 @@ def display_limit(lines: list[Any], nyquist: float, display_resolution: float | 
     else Nyquist."""
     if display_resolution is not None:
         return min(nyquist, 1.0 / display_resolution)
-    if not lines:
+    real = [ln for ln in lines if not (ln.half_agreement < 0.3)]  # NaN (no halves) counts
+    if not real:
         return nyquist
-    reach = max(max(ln.height, ln.peak_radius) for ln in lines)
+    reach = max(max(ln.height, ln.peak_radius) for ln in real)
     return float(min(nyquist, max(1.15 * reach, 0.2 * nyquist)))
 
 
@@ -162,37 +163,40 @@ def _xy(axis: str, r: float, z: float) -> tuple[float, float]:
 
 
 def _mark_lines(ax: Any, lines: list[Any], half: float, axis: str) -> None:
-    """Ticks at each detected height on the meridian, labelled in 1/Å and Å (strongest 12)."""
-    shown = sorted(lines, key=lambda ln: -ln.strength)[:12]
+    """Ticks at each detected height on the meridian (yellow: meridional reflection), the
+    strongest ten (that agree between the half sets) labelled in 1/Å and Å at the left."""
+    labelled = sorted((ln for ln in lines if not (ln.half_agreement < 0.3)),
+                      key=lambda ln: -ln.strength)[:10]
     for ln in lines:
         if ln.height > half:
             continue
-        x0, y0 = _xy(axis, -0.04 * half, ln.height)
-        x1, y1 = _xy(axis, 0.04 * half, ln.height)
+        x0, y0 = _xy(axis, -0.05 * half, ln.height)
+        x1, y1 = _xy(axis, 0.05 * half, ln.height)
         colour = "#ffcc00" if ln.meridional else "#33ccff"
         ax.plot([x0, x1], [y0, y1], color=colour, lw=1.2)
-        if ln in shown:
-            tx, ty = _xy(axis, 0.06 * half, ln.height)
+        if ln in labelled:
+            tx, ty = _xy(axis, -0.98 * half, ln.height)
             ax.text(tx, ty, f"{ln.height:.4f} Å⁻¹ ({1 / ln.height:.1f} Å)", color=colour,
-                    fontsize=6, va="center")
+                    fontsize=6, va="center", ha="left" if axis != "horizontal" else "center")
 
 
-def _overlay(ax: Any, top: Any, half: float, axis: str) -> None:
-    """The top candidate's predicted first maxima at (±R, ±Z), Bessel order labelled."""
-    xs, ys = [], []
+def _overlay(ax: Any, top: Any, half: float, axis: str, max_order: int = 10) -> None:
+    """The top candidate's predicted first maxima, short marks at (±R, ±Z) for Bessel orders
+    ``|n| <= max_order``, the order written beside the +R, +Z mark."""
+    width = 0.025 * half
     for z, n, r in top.predicted:
-        if z > half or r > half:
+        if z > half or r > half or abs(n) > max_order:
             continue
-        for sr in (-1, 1) if r > 0 else (1,):
+        for sr in ((-1, 1) if r > 0 else (1,)):
             for sz in (-1, 1):
-                x, y = _xy(axis, sr * r, sz * z)
-                xs.append(x)
-                ys.append(y)
-        x, y = _xy(axis, -r if r > 0 else 0.0, z)
-        ax.text(x, y, f" {n}", color="#ff5050", fontsize=6, ha="right", va="bottom")
-    ax.scatter(xs, ys, s=30, facecolors="none", edgecolors="#ff5050", linewidths=0.8)
-    ax.text(0.01, 0.99, f"top: rise {top.rise:.2f} Å, twist {top.twist:.2f}°, C{top.csym}",
-            transform=ax.transAxes, color="#ff5050", fontsize=7, va="top")
+                x0, y0 = _xy(axis, sr * r - width, sz * z)
+                x1, y1 = _xy(axis, sr * r + width, sz * z)
+                ax.plot([x0, x1], [y0, y1], color="#ff5050", lw=1.0)
+        x, y = _xy(axis, r + width, z)
+        ax.text(x, y, f"{n}", color="#ff5050", fontsize=6, ha="left", va="bottom")
+    ax.text(0.99, 0.99, f"top candidate: rise {top.rise:.2f} Å, twist ±{abs(top.twist):.2f}°, "
+            f"C{top.csym} (red: its layer lines, Bessel order n)", transform=ax.transAxes,
+            color="#ff5050", fontsize=6, va="top", ha="right")
 
 
 def _agreement(ax: Any, result: Any, noise_sd: float) -> None:

@@ -23,7 +23,8 @@ def _read(path: Path) -> tuple[np.ndarray, float]:
 def test_outputs_headers_and_pooling(job, tmp_path: Path) -> None:
     table = open_particles(job.particles_cs)
     # line suppression renormalises per accumulator, so pooling is exactly linear without it
-    result = power_spectra(table, tmp_path, SpectrumOptions(pad=2, suppress_detector_lines=False))
+    result = power_spectra(table, tmp_path, SpectrumOptions(pad=2, suppress_detector_lines=False,
+                                                            axis="class"))
     assert result.classes == {0: 40, 1: 40, 2: 40}
     spectra = {k: _read(tmp_path / f"ps_class{k}.mrc")[0] for k in range(3)}
     pooled, voxel = _read(tmp_path / "ps_all.mrc")
@@ -91,7 +92,8 @@ def test_pooled_equals_one_accumulator_of_all_particles(job, tmp_path: Path) -> 
     table = open_particles(job.particles_cs)
     step = np.deg2rad(0.5)  # angles on the bin grid, so binning itself is exact
     table = table.with_columns(angle=np.round(table.particles["angle"] / step) * step)
-    power_spectra(table, tmp_path, SpectrumOptions(pad=2), memory_budget=1)  # one class a pass
+    power_spectra(table, tmp_path, SpectrumOptions(pad=2, axis="class"),
+                  memory_budget=1)  # one class a pass
     pooled, _ = _read(tmp_path / "ps_all.mrc")
     single = PowerSpectrumAccumulator(job.box, pad=2)
     for rows, images in iter_chunks(table):
