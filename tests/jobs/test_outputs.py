@@ -313,3 +313,32 @@ with od.transaction():
     assert _visible(out) == expected and _debris(tmp_path)  # staging or old tree, lock
     _job(out, {"c": "next"}, job="other")
     assert _visible(out) == {**expected, "c": "next"} and not _debris(tmp_path)
+
+
+def test_two_rename_fallback_without_renameat2(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(od, "_renameat2", None)
+    out = tmp_path / "out"
+    _job(out, {"a": "old", "b": "old"})
+    (out / "user.txt").write_text("mine")
+    _job(out, {"a": "new"}, overwrite=True)
+    assert _visible(out) == {"a": "new", "user.txt": "mine"} and not _debris(tmp_path)
+
+
+def test_outdir_that_is_a_mount_point_is_staged_inside(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(out)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
+    try:
+        _job(out, {"a": "old", "b": "old"})
+        (out / "user.txt").write_text("mine")
+        with pytest.raises(RuntimeError):
+            _job(out, {"a": "new", "c": "new"}, overwrite=True, fail_after=1)
+        assert _visible(out) == {"a": "old", "b": "old", "user.txt": "mine"}
+        _job(out, {"a": "new"}, overwrite=True)  # renamed in one by one; stale b removed
+        assert _visible(out) == {"a": "new", "user.txt": "mine"} and not _debris(tmp_path)
+    finally:
+        subprocess.run(["umount", "-l", str(out)], capture_output=True)
