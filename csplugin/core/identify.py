@@ -123,12 +123,15 @@ def refuse_lfs_pointer(path: str | Path) -> None:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(len(LFS_MAGIC))
+            head = f.read(1024)
     except OSError:
         return  # the reader that follows says what is wrong with the path
-    if head == LFS_MAGIC:
-        raise NotParticles(path, "a Git LFS pointer (the file's content was never downloaded)",
-                           details=("run `git lfs pull` in the repository it came from",))
+    if head.startswith(LFS_MAGIC):
+        size = re.search(rb"^size (\d+)", head, re.M)
+        content = f"its {int(size.group(1)):,} bytes" if size else "its content"
+        raise NotParticles(path, "a Git LFS pointer", why=f"{content} were never downloaded",
+                           details=tuple(head.decode("ascii", "replace").splitlines()[:3]),
+                           fix="run `git lfs pull` in the repository it came from")
 
 
 def refuse_image_file(path: str | Path) -> None:

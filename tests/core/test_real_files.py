@@ -148,12 +148,22 @@ def test_mtf_table_is_named(real: Path, tmp_path: Path) -> None:
         open_particles(mtf)
 
 
-@pytest.mark.parametrize("suffix", [".star", ".cs"])
-def test_git_lfs_pointer_is_named(real: Path, tmp_path: Path, suffix: str) -> None:
-    """A clone without `git lfs pull` leaves pointers: name them, for every input kind."""
+def test_real_git_lfs_pointer_is_named(real: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    """cryosparc-tools' tests/data/job096_run_data.star is stored in Git LFS: a clone without
+    `git lfs pull` holds this 133-byte pointer instead of the 12 MB star."""
+    pointer = real / "cryosparc-tools/job096_run_data.star"
+    code, _, err = run_cli(capsys, "convert", str(pointer), "-o", str(tmp_path / "o.cs"))
+    assert_one_line(code, err, "is a Git LFS pointer; its 12,352,156 bytes were never downloaded "
+                               "(run `git lfs pull`")
+    assert not (tmp_path / "o.cs").exists()
+
+
+@pytest.mark.parametrize("suffix", [".cs", ".star"])
+def test_git_lfs_pointer_is_named_for_every_input_kind(real: Path, tmp_path: Path,
+                                                       suffix: str) -> None:
     pointer = tmp_path / f"particles{suffix}"
-    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
-                       "6503b12593fdf1b2" + "0" * 48 + "\nsize 2868224\n")
+    shutil.copy(real / "cryosparc-tools/job096_run_data.star", pointer)
     with pytest.raises(NotParticles, match="Git LFS pointer"):
         open_particles(pointer)
 
