@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from csplugin.core.fields import Cs
 from formats import InputError
 
 if TYPE_CHECKING:
@@ -41,11 +42,11 @@ PARTICLE_SLOTS: tuple[str, ...] = ("blob", "ctf", "alignments2D", "location", "f
 TEMPLATE_SLOTS: tuple[str, ...] = ("blob",)
 #: Required fields -> (numpy kind, itemsize or 0 for strings, shape) per result kind.
 _BLOB: dict[str, tuple[str, int, tuple[int, ...]]] = {
-    "uid": ("u", 8, ()), "blob/path": ("S", 0, ()), "blob/idx": ("u", 4, ()),
-    "blob/shape": ("u", 4, (2,)), "blob/psize_A": ("f", 4, ()),
+    "uid": ("u", 8, ()), Cs.BLOB_PATH: ("S", 0, ()), Cs.BLOB_IDX: ("u", 4, ()),
+    Cs.BLOB_SHAPE: ("u", 4, (2,)), Cs.BLOB_PSIZE: ("f", 4, ()),
 }
 REQUIRED: dict[str, dict[str, tuple[str, int, tuple[int, ...]]]] = {
-    "particle": {**_BLOB, "blob/sign": ("f", 4, ())},
+    "particle": {**_BLOB, Cs.BLOB_SIGN: ("f", 4, ())},
     "template": dict(_BLOB),
 }
 
@@ -92,7 +93,7 @@ def load_for_project(cs_path: str | Path, project_dir: str | Path) -> Dataset:
 
     cs_path, project = Path(cs_path), Path(project_dir).absolute()
     dataset = Dataset.load(str(cs_path))
-    paths = np.asarray(dataset["blob/path"], dtype=str)
+    paths = np.asarray(dataset[Cs.BLOB_PATH], dtype=str)
     rewritten: dict[str, str] = {}
     for text in np.unique(paths):
         stack = Path(text.lstrip(">"))
@@ -106,7 +107,7 @@ def load_for_project(cs_path: str | Path, project_dir: str | Path) -> Dataset:
             raise InputError(stack, f"is outside the cryoSPARC project {project}",
                              "write the csplugin outputs inside the project directory, e.g. "
                              "in the External job's directory (job.dir())") from None
-    dataset["blob/path"] = np.array([rewritten[p] for p in paths], dtype=object)
+    dataset[Cs.BLOB_PATH] = np.array([rewritten[p] for p in paths], dtype=object)
     return dataset
 
 

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 import pandas as pd
 
+from csplugin.core.fields import Relion
 from csplugin.outputs.directory import Terminated, claim, interrupt_handlers, transaction
 from formats import InputError
 from formats.atomic import atomic_output
@@ -233,7 +234,7 @@ def write_spectra_table(job_dir: str, into: Path | None = None) -> Path:
     (the spectra and the table in ``job_dir``, or in the directory ``into``)."""
     names = sorted(p.name for p in Path(into or job_dir).glob("ps_*.mrc"))
     images = [_node_name(job_dir, n) for n in names]  # RELION refuses "1@x.mrc" (a 3D map)
-    table = pd.DataFrame({"rlnImageName": images, "rlnReferenceImage": images})
+    table = pd.DataFrame({Relion.IMAGE_NAME: images, Relion.REFERENCE_IMAGE: images})
     path = Path(into or job_dir) / OUTPUT_NODES["power-spectrum"][0]
     write_star(path, {"": table})
     return path

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from csplugin.core import conventions as cv
+from csplugin.core.fields import Cs, Relion
 from csplugin.outputs import figures
 from csplugin.outputs.paths import relion_path
 from formats.atomic import atomic_output
@@ -111,19 +112,19 @@ def _averages_cs(stack_name: str, class_index: np.ndarray, counts: np.ndarray, b
                  pixel_size: float, extra: dict[str, np.ndarray]) -> np.ndarray:
     k = len(class_index)
     data = np.zeros(k, dtype=[
-        ("uid", "<u8"), ("blob/path", f"S{len(stack_name.encode())}"), ("blob/idx", "<u4"),
-        ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"), ("alignments2D/class", "<u4"),
-        ("alignments2D/num_particles", "<u4"),
+        ("uid", "<u8"), (Cs.BLOB_PATH, f"S{len(stack_name.encode())}"), (Cs.BLOB_IDX, "<u4"),
+        (Cs.BLOB_SHAPE, "<u4", (2,)), (Cs.BLOB_PSIZE, "<f4"), (Cs.A2D_CLASS, "<u4"),
+        (Cs.A2D_NUM_PARTICLES, "<u4"),
         *((name, np.asarray(values).dtype) for name, values in extra.items())])
     for name, values in extra.items():
         data[name] = values
     data["uid"] = class_index
-    data["blob/path"] = encode([stack_name] * k)
-    data["blob/idx"] = np.arange(k)
-    data["blob/shape"] = box
-    data["blob/psize_A"] = pixel_size
-    data["alignments2D/class"] = cv.to_base(class_index, cv.CRYOSPARC_BASE)
-    data["alignments2D/num_particles"] = counts
+    data[Cs.BLOB_PATH] = encode([stack_name] * k)
+    data[Cs.BLOB_IDX] = np.arange(k)
+    data[Cs.BLOB_SHAPE] = box
+    data[Cs.BLOB_PSIZE] = pixel_size
+    data[Cs.A2D_CLASS] = cv.to_base(class_index, cv.CRYOSPARC_BASE)
+    data[Cs.A2D_NUM_PARTICLES] = counts
     return data
 
 
@@ -131,9 +132,9 @@ def _averages_star(stack_path: str, class_index: np.ndarray, counts: np.ndarray
                    ) -> pd.DataFrame:
     k = len(class_index)
     return pd.DataFrame({
-        "rlnReferenceImage": join_image_names(cv.to_base(np.arange(k), cv.RELION_BASE),
+        Relion.REFERENCE_IMAGE: join_image_names(cv.to_base(np.arange(k), cv.RELION_BASE),
                                               np.array([stack_path] * k)),
-        "rlnClassNumber": cv.to_base(class_index, cv.RELION_BASE),
-        "rlnClassDistribution": counts / counts.sum(),
+        Relion.CLASS_NUMBER: cv.to_base(class_index, cv.RELION_BASE),
+        Relion.CLASS_DISTRIBUTION: counts / counts.sum(),
         COUNT_LABEL: counts,
     })

@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 
+from csplugin.core.fields import Cs, Relion
 from csplugin.synthetic.jobs import write_particle_metadata
 from formats.mrc import write_stack
 
@@ -355,8 +356,8 @@ def make_helical_job(outdir: str | Path, segments: HelicalSegments | None = None
     particles_cs, passthrough_cs, particles_star = write_particle_metadata(
         project, rng, paths, index, stack_of, segments.angles, segments.shifts,
         segments.classes, segments.pixel_size, segments.box,
-        extra_cs={"filament/filament_uid": ("<u4", tube)},
-        extra_star={"rlnHelicalTubeID": tube + 1})
+        extra_cs={Cs.FIL_UID: ("<u4", tube)},
+        extra_star={Relion.HELICAL_TUBE_ID: tube + 1})
     truth = {
         "pixel_size_A": segments.pixel_size, "box": segments.box,
         "classes": {str(k): {**asdict(h), "pitch": h.pitch,

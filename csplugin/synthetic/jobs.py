@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from csplugin.core.fields import Cs, Relion
 from formats.cs import encode, write_cs
 from formats.mrc import write_stack
 from formats.star import join_image_names, write_star
@@ -219,58 +220,59 @@ def write_particle_metadata(project: Path, rng: np.random.Generator, paths: np.n
     n = len(angles)
     uid = rng.choice(2**62, n, replace=False).astype(np.uint64)
     fields = [
-        ("uid", "<u8"), ("blob/path", f"S{max(map(len, paths))}"), ("blob/idx", "<u4"),
-        ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"), ("blob/sign", "<f4"),
-        ("alignments2D/split", "<u4"), ("alignments2D/shift", "<f4", (2,)),
-        ("alignments2D/pose", "<f4"), ("alignments2D/psize_A", "<f4"),
-        ("alignments2D/class_posterior", "<f4"), ("alignments2D/class", "<u4"),
+        ("uid", "<u8"), (Cs.BLOB_PATH, f"S{max(map(len, paths))}"), (Cs.BLOB_IDX, "<u4"),
+        (Cs.BLOB_SHAPE, "<u4", (2,)), (Cs.BLOB_PSIZE, "<f4"), (Cs.BLOB_SIGN, "<f4"),
+        (Cs.A2D_SPLIT, "<u4"), (Cs.A2D_SHIFT, "<f4", (2,)),
+        (Cs.A2D_POSE, "<f4"), (Cs.A2D_PSIZE, "<f4"),
+        (Cs.A2D_CLASS_POSTERIOR, "<f4"), (Cs.A2D_CLASS, "<u4"),
     ] + [(name, dtype) for name, (dtype, _) in (extra_cs or {}).items()]
     main = np.zeros(n, dtype=fields)
     for name, (_, values) in (extra_cs or {}).items():
         main[name] = values
-    main["uid"], main["blob/path"], main["blob/idx"] = uid, encode(paths), index
-    main["blob/shape"], main["blob/psize_A"], main["blob/sign"] = box, pixel_size, -1.0
-    main["alignments2D/shift"], main["alignments2D/pose"] = shifts, angles
-    main["alignments2D/psize_A"] = pixel_size
-    main["alignments2D/class_posterior"] = rng.uniform(0.5, 1.0, n)
-    main["alignments2D/class"] = classes
+    main["uid"], main[Cs.BLOB_PATH], main[Cs.BLOB_IDX] = uid, encode(paths), index
+    main[Cs.BLOB_SHAPE], main[Cs.BLOB_PSIZE], main[Cs.BLOB_SIGN] = box, pixel_size, -1.0
+    main[Cs.A2D_SHIFT], main[Cs.A2D_POSE] = shifts, angles
+    main[Cs.A2D_PSIZE] = pixel_size
+    main[Cs.A2D_CLASS_POSTERIOR] = rng.uniform(0.5, 1.0, n)
+    main[Cs.A2D_CLASS] = classes
     defocus = np.round(rng.uniform(8000, 25000, n))
     passthrough = np.zeros(n, dtype=[
-        ("uid", "<u8"), ("ctf/type", "S9"), ("ctf/exp_group_id", "<u4"), ("ctf/accel_kv", "<f4"),
-        ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"),
-        ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"), ("ctf/phase_shift_rad", "<f4"),
-        ("ctf/scale", "<f4"), ("ctf/bfactor", "<f4"), ("location/micrograph_path", "S40"),
-        ("location/micrograph_shape", "<u4", (2,)), ("location/center_x_frac", "<f4"),
-        ("location/center_y_frac", "<f4"),
+        ("uid", "<u8"), (Cs.CTF_TYPE, "S9"), (Cs.CTF_EXP_GROUP, "<u4"), (Cs.CTF_ACCEL_KV, "<f4"),
+        (Cs.CTF_CS_MM, "<f4"), (Cs.CTF_AMP_CONTRAST, "<f4"), (Cs.CTF_DF1, "<f4"),
+        (Cs.CTF_DF2, "<f4"), (Cs.CTF_DF_ANGLE, "<f4"), (Cs.CTF_PHASE_SHIFT, "<f4"),
+        (Cs.CTF_SCALE, "<f4"), (Cs.CTF_BFACTOR, "<f4"), (Cs.LOC_MICROGRAPH_PATH, "S40"),
+        (Cs.LOC_MICROGRAPH_SHAPE, "<u4", (2,)), (Cs.LOC_CENTER_X, "<f4"),
+        (Cs.LOC_CENTER_Y, "<f4"),
     ])
-    passthrough["uid"], passthrough["ctf/type"], passthrough["ctf/exp_group_id"] = uid, b"spline", 1
-    passthrough["ctf/accel_kv"], passthrough["ctf/cs_mm"] = 300.0, 2.7
-    passthrough["ctf/amp_contrast"], passthrough["ctf/scale"] = 0.1, 1.0
-    passthrough["ctf/df1_A"], passthrough["ctf/df2_A"] = defocus + 300, defocus - 300
-    passthrough["ctf/df_angle_rad"] = rng.uniform(0, np.pi, n).astype(np.float32)
-    passthrough["location/micrograph_path"] = encode([f"J1/mic{k:03d}.mrc" for k in stack_of])
-    passthrough["location/micrograph_shape"] = (4096, 4096)
-    passthrough["location/center_x_frac"] = rng.uniform(0.05, 0.95, n)
-    passthrough["location/center_y_frac"] = rng.uniform(0.05, 0.95, n)
+    passthrough["uid"], passthrough[Cs.CTF_TYPE], passthrough[Cs.CTF_EXP_GROUP] = uid, b"spline", 1
+    passthrough[Cs.CTF_ACCEL_KV], passthrough[Cs.CTF_CS_MM] = 300.0, 2.7
+    passthrough[Cs.CTF_AMP_CONTRAST], passthrough[Cs.CTF_SCALE] = 0.1, 1.0
+    passthrough[Cs.CTF_DF1], passthrough[Cs.CTF_DF2] = defocus + 300, defocus - 300
+    passthrough[Cs.CTF_DF_ANGLE] = rng.uniform(0, np.pi, n).astype(np.float32)
+    passthrough[Cs.LOC_MICROGRAPH_PATH] = encode([f"J1/mic{k:03d}.mrc" for k in stack_of])
+    passthrough[Cs.LOC_MICROGRAPH_SHAPE] = (4096, 4096)
+    passthrough[Cs.LOC_CENTER_X] = rng.uniform(0.05, 0.95, n)
+    passthrough[Cs.LOC_CENTER_Y] = rng.uniform(0.05, 0.95, n)
     particles_cs = project / "J3" / "J3_020_particles.cs"
     passthrough_cs = project / "J3" / "J3_passthrough_particles.cs"
     write_cs(particles_cs, main)
     write_cs(passthrough_cs, passthrough[rng.permutation(n)])  # merge must use uid
 
     optics = pd.DataFrame({
-        "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
-        "rlnAmplitudeContrast": [0.1], "rlnSphericalAberration": [2.7], "rlnVoltage": [300.0],
-        "rlnImagePixelSize": [float(np.float32(pixel_size))], "rlnImageSize": [box], "rlnImageDimensionality": [2],
+        Relion.OPTICS_GROUP: [1], Relion.OPTICS_GROUP_NAME: ["opticsGroup1"],
+        Relion.AMPLITUDE_CONTRAST: [0.1], Relion.SPHERICAL_ABERRATION: [2.7],
+        Relion.VOLTAGE: [300.0], Relion.IMAGE_PIXEL_SIZE: [float(np.float32(pixel_size))],
+        Relion.IMAGE_SIZE: [box], Relion.IMAGE_DIMENSIONALITY: [2],
     })
     star = pd.DataFrame({
-        "rlnImageName": join_image_names(index + 1, paths),
-        "rlnMicrographName": [f"J1/mic{k:03d}.mrc" for k in stack_of],
-        "rlnDefocusU": defocus + 300, "rlnDefocusV": defocus - 300,
-        "rlnDefocusAngle": np.rad2deg(passthrough["ctf/df_angle_rad"].astype(np.float64)),
-        "rlnAnglePsi": np.rad2deg(angles),
-        "rlnOriginXAngst": shifts[:, 0] * np.float32(pixel_size),
-        "rlnOriginYAngst": shifts[:, 1] * np.float32(pixel_size),
-        "rlnClassNumber": classes + 1, "rlnOpticsGroup": 1,
+        Relion.IMAGE_NAME: join_image_names(index + 1, paths),
+        Relion.MICROGRAPH_NAME: [f"J1/mic{k:03d}.mrc" for k in stack_of],
+        Relion.DEFOCUS_U: defocus + 300, Relion.DEFOCUS_V: defocus - 300,
+        Relion.DEFOCUS_ANGLE: np.rad2deg(passthrough[Cs.CTF_DF_ANGLE].astype(np.float64)),
+        Relion.ANGLE_PSI: np.rad2deg(angles),
+        Relion.ORIGIN_X_ANGST: shifts[:, 0] * np.float32(pixel_size),
+        Relion.ORIGIN_Y_ANGST: shifts[:, 1] * np.float32(pixel_size),
+        Relion.CLASS_NUMBER: classes + 1, Relion.OPTICS_GROUP: 1,
     })
     for name, values in (extra_star or {}).items():
         star[name] = values

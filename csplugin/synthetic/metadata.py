@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from csplugin.core.fields import Cs, Relion
 from formats.cs import encode, write_cs
 from formats.star import join_image_names, write_star
 
@@ -30,44 +31,44 @@ def make_metadata(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     shifts = rng.uniform(-6, 6, (n, 2)).astype(np.float32)
     defocus = rng.uniform(8000, 25000, n).astype(np.float32)
     data = np.zeros(n, dtype=[
-        ("uid", "<u8"), ("blob/path", f"S{len(paths[0])}"), ("blob/idx", "<u4"),
-        ("blob/shape", "<u4", (2,)), ("blob/psize_A", "<f4"), ("blob/sign", "<f4"),
-        ("alignments2D/shift", "<f4", (2,)), ("alignments2D/pose", "<f4"),
-        ("alignments2D/psize_A", "<f4"), ("alignments2D/class", "<u4"),
-        ("alignments2D/class_posterior", "<f4"), ("ctf/exp_group_id", "<u4"),
-        ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"),
-        ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"), ("ctf/df_angle_rad", "<f4"),
-        ("location/micrograph_path", "S32"), ("location/center_x_frac", "<f4"),
-        ("location/center_y_frac", "<f4"), ("location/micrograph_shape", "<u4", (2,))])
+        ("uid", "<u8"), (Cs.BLOB_PATH, f"S{len(paths[0])}"), (Cs.BLOB_IDX, "<u4"),
+        (Cs.BLOB_SHAPE, "<u4", (2,)), (Cs.BLOB_PSIZE, "<f4"), (Cs.BLOB_SIGN, "<f4"),
+        (Cs.A2D_SHIFT, "<f4", (2,)), (Cs.A2D_POSE, "<f4"),
+        (Cs.A2D_PSIZE, "<f4"), (Cs.A2D_CLASS, "<u4"),
+        (Cs.A2D_CLASS_POSTERIOR, "<f4"), (Cs.CTF_EXP_GROUP, "<u4"),
+        (Cs.CTF_ACCEL_KV, "<f4"), (Cs.CTF_CS_MM, "<f4"), (Cs.CTF_AMP_CONTRAST, "<f4"),
+        (Cs.CTF_DF1, "<f4"), (Cs.CTF_DF2, "<f4"), (Cs.CTF_DF_ANGLE, "<f4"),
+        (Cs.LOC_MICROGRAPH_PATH, "S32"), (Cs.LOC_CENTER_X, "<f4"),
+        (Cs.LOC_CENTER_Y, "<f4"), (Cs.LOC_MICROGRAPH_SHAPE, "<u4", (2,))])
     data["uid"] = rng.choice(2**62, n, replace=False)
-    data["blob/path"], data["blob/idx"] = encode(paths), index
-    data["blob/shape"], data["blob/psize_A"], data["blob/sign"] = 256, 1.1, -1.0
-    data["alignments2D/shift"], data["alignments2D/pose"] = shifts, angles
-    data["alignments2D/psize_A"], data["alignments2D/class"] = 1.1, classes
-    data["alignments2D/class_posterior"] = rng.uniform(0.5, 1, n)
-    data["ctf/exp_group_id"], data["ctf/accel_kv"], data["ctf/cs_mm"] = 1, 300.0, 2.7
-    data["ctf/amp_contrast"] = 0.1
-    data["ctf/df1_A"], data["ctf/df2_A"] = defocus + 200, defocus - 200
-    data["ctf/df_angle_rad"] = rng.uniform(0, np.pi, n)
-    data["location/micrograph_path"] = encode(np.char.replace(paths, "_particles", ""))
-    data["location/center_x_frac"] = rng.uniform(0, 1, n)
-    data["location/center_y_frac"] = rng.uniform(0, 1, n)
-    data["location/micrograph_shape"] = 4096
+    data[Cs.BLOB_PATH], data[Cs.BLOB_IDX] = encode(paths), index
+    data[Cs.BLOB_SHAPE], data[Cs.BLOB_PSIZE], data[Cs.BLOB_SIGN] = 256, 1.1, -1.0
+    data[Cs.A2D_SHIFT], data[Cs.A2D_POSE] = shifts, angles
+    data[Cs.A2D_PSIZE], data[Cs.A2D_CLASS] = 1.1, classes
+    data[Cs.A2D_CLASS_POSTERIOR] = rng.uniform(0.5, 1, n)
+    data[Cs.CTF_EXP_GROUP], data[Cs.CTF_ACCEL_KV], data[Cs.CTF_CS_MM] = 1, 300.0, 2.7
+    data[Cs.CTF_AMP_CONTRAST] = 0.1
+    data[Cs.CTF_DF1], data[Cs.CTF_DF2] = defocus + 200, defocus - 200
+    data[Cs.CTF_DF_ANGLE] = rng.uniform(0, np.pi, n)
+    data[Cs.LOC_MICROGRAPH_PATH] = encode(np.char.replace(paths, "_particles", ""))
+    data[Cs.LOC_CENTER_X] = rng.uniform(0, 1, n)
+    data[Cs.LOC_CENTER_Y] = rng.uniform(0, 1, n)
+    data[Cs.LOC_MICROGRAPH_SHAPE] = 4096
     write_cs(cs_path, data)
-    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
-                           "rlnAmplitudeContrast": [0.1], "rlnSphericalAberration": [2.7],
-                           "rlnVoltage": [300.0], "rlnImagePixelSize": [1.1],
-                           "rlnImageSize": [256], "rlnImageDimensionality": [2]})
+    optics = pd.DataFrame({Relion.OPTICS_GROUP: [1], Relion.OPTICS_GROUP_NAME: ["opticsGroup1"],
+                           Relion.AMPLITUDE_CONTRAST: [0.1], Relion.SPHERICAL_ABERRATION: [2.7],
+                           Relion.VOLTAGE: [300.0], Relion.IMAGE_PIXEL_SIZE: [1.1],
+                           Relion.IMAGE_SIZE: [256], Relion.IMAGE_DIMENSIONALITY: [2]})
     particles = pd.DataFrame({
-        "rlnImageName": join_image_names(index + 1, np.char.add(paths, "s")),
-        "rlnMicrographName": data["location/micrograph_path"].astype(str),
-        "rlnCoordinateX": data["location/center_x_frac"] * 4096.0,
-        "rlnCoordinateY": data["location/center_y_frac"] * 4096.0,
-        "rlnDefocusU": defocus + 200, "rlnDefocusV": defocus - 200,
-        "rlnDefocusAngle": np.rad2deg(data["ctf/df_angle_rad"]),
-        "rlnAnglePsi": np.rad2deg(angles.astype(float)),
-        "rlnOriginXAngst": shifts[:, 0] * 1.1, "rlnOriginYAngst": shifts[:, 1] * 1.1,
-        "rlnClassNumber": classes + 1, "rlnMaxValueProbDistribution": data[
-            "alignments2D/class_posterior"], "rlnOpticsGroup": 1})
+        Relion.IMAGE_NAME: join_image_names(index + 1, np.char.add(paths, "s")),
+        Relion.MICROGRAPH_NAME: data[Cs.LOC_MICROGRAPH_PATH].astype(str),
+        Relion.COORDINATE_X: data[Cs.LOC_CENTER_X] * 4096.0,
+        Relion.COORDINATE_Y: data[Cs.LOC_CENTER_Y] * 4096.0,
+        Relion.DEFOCUS_U: defocus + 200, Relion.DEFOCUS_V: defocus - 200,
+        Relion.DEFOCUS_ANGLE: np.rad2deg(data[Cs.CTF_DF_ANGLE]),
+        Relion.ANGLE_PSI: np.rad2deg(angles.astype(float)),
+        Relion.ORIGIN_X_ANGST: shifts[:, 0] * 1.1, Relion.ORIGIN_Y_ANGST: shifts[:, 1] * 1.1,
+        Relion.CLASS_NUMBER: classes + 1, Relion.MAX_VALUE_PROB: data[
+            Cs.A2D_CLASS_POSTERIOR], Relion.OPTICS_GROUP: 1})
     write_star(star_path, {"optics": optics, "particles": particles})
     return cs_path, star_path
