@@ -145,8 +145,10 @@ def refuse_image_file(path: str | Path) -> None:
         stack = open_stack(path)
     except InputError:
         what = "an MRC file"
-    else:
-        what = f"an MRC image stack ({stack.n} images of {stack.box[1]}x{stack.box[0]} px)"
+    else:  # the header cannot tell a stack from a volume (ispg is 0 in both in practice)
+        size = f"{stack.n} sections of {stack.box[1]}x{stack.box[0]} px"
+        what = (f"an MRC image stack ({size})" if path.suffix.lower() == ".mrcs" else
+                f"an MRC file ({size}: an image stack or a 3D volume)")
     raise NotParticles(path, what, fix="pass the .star or .cs that lists its particles and "
                        "their alignments")
 

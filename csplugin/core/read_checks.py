@@ -225,6 +225,8 @@ def _first_row_line(table: ParticleTable) -> int | None:
 def _header_pixel_size(stack: str) -> str:
     """What a stack's header says about the pixel size, for a message."""
     name = Path(stack).name
+    if not Path(stack).is_file():
+        return f"its stack {name} is not found, so no header can say either"
     try:
         voxel = open_stack(stack).voxel_size
     except InputError:

@@ -409,7 +409,7 @@ def test_model_file_is_named(real: Path, tmp_path: Path) -> None:
 def test_image_stack_given_as_metadata_is_named(real: Path, capsys: pytest.CaptureFixture
                                                 ) -> None:
     code, out, _ = run_cli(capsys, "info", str(real / "cryodrgn/relion31.mrcs"))
-    assert code == 2 and "an MRC image stack (5 images of 256x256 px)" in out
+    assert code == 2 and "an MRC image stack (5 sections of 256x256 px)" in out
 
 
 def test_volume_named_without_slice_is_refused(real: Path, tmp_path: Path,
