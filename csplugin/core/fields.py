@@ -114,6 +114,36 @@ class Relion:
     # class-average files
     REFERENCE_IMAGE = "rlnReferenceImage"
     CLASS_DISTRIBUTION = "rlnClassDistribution"
+    CLASS_SELECTION_SCORE = "rlnClassSelectionScore"
+    CLASS_PARTICLE_COUNT = "rlnClassParticleCount"
+    GROUP_NAME = "rlnGroupName"
+    # tomography (files csplugin recognises and refuses)
+    TOMO_PREFIX = "rlnTomo"
+    TOMO_SUBTOMOS_ARE_2D_STACKS = "rlnTomoSubTomosAre2DStacks"
+    TOMO_NAME = "rlnTomoName"
+    TOMO_PARTICLE_NAME = "rlnTomoParticleName"
+    TOMO_PARTICLES_FILE = "rlnTomoParticlesFile"
+    TOMO_TILT_SERIES_STAR_FILE = "rlnTomoTiltSeriesStarFile"
+    TOMO_NOMINAL_STAGE_TILT_ANGLE = "rlnTomoNominalStageTiltAngle"
+    TOMO_X_TILT = "rlnTomoXTilt"
+    TOMO_Y_TILT = "rlnTomoYTilt"
+    COORDINATE_Z = "rlnCoordinateZ"
+    CENTERED_COORDINATE_Z_ANGST = "rlnCenteredCoordinateZAngst"
+    ORIGIN_Z = "rlnOriginZ"
+    ORIGIN_Z_ANGST = "rlnOriginZAngst"
+    CTF_IMAGE = "rlnCtfImage"
+    # other RELION files (pipeline, jobs, micrographs, post-processing, MTF)
+    PIPELINE_NODE_NAME = "rlnPipeLineNodeName"
+    PIPELINE_NODE_TYPE = "rlnPipeLineNodeType"
+    JOB_TYPE = "rlnJobType"
+    JOB_TYPE_LABEL = "rlnJobTypeLabel"
+    MICROGRAPH_MOVIE_NAME = "rlnMicrographMovieName"
+    MICROGRAPH_COORDINATES = "rlnMicrographCoordinates"
+    MICROGRAPH_SHIFT_X = "rlnMicrographShiftX"
+    MOTION_MODEL_VERSION = "rlnMotionModelVersion"
+    EXPERIMENTAL_DATA_STAR_FILE = "rlnExperimentalDataStarFile"
+    FINAL_RESOLUTION = "rlnFinalResolution"
+    MTF_VALUE = "rlnMtfValue"
 
 
 #: CTF mapping: (cryoSPARC field, RELION label, internal column, cryoSPARC -> internal factor).
