@@ -116,7 +116,7 @@ class Relion:
     CLASS_DISTRIBUTION = "rlnClassDistribution"
     CLASS_SELECTION_SCORE = "rlnClassSelectionScore"
     CLASS_PARTICLE_COUNT = "rlnClassParticleCount"
-    GROUP_NAME = "rlnGroupName"
+    SCALE_GROUP_NAME = "rlnGroupName"  # RELION 3.0 scale-correction groups
     # tomography (files csplugin recognises and refuses)
     TOMO_PREFIX = "rlnTomo"
     TOMO_SUBTOMOS_ARE_2D_STACKS = "rlnTomoSubTomosAre2DStacks"
