@@ -80,8 +80,9 @@ def _check_blob(table: ParticleTable) -> None:
                          "header could not be read", "put the stacks where the file's paths "
                          "point (or pass --project-dir) so that their headers give the box")
     psize = p["pixel_size"].to_numpy(np.float64)
-    if len(psize) and not (np.isfinite(psize) & (psize > 0)).all():
-        raise InputError(table.source, f"has pixel size {psize[~(psize > 0)][0]} Å",
+    bad = ~(np.isfinite(psize) & (psize > 0))
+    if bad.any():
+        raise InputError(table.source, f"has pixel size {psize[bad][0]} Å",
                          "give the particles a positive pixel size")
 
 
