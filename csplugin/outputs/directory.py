@@ -191,7 +191,7 @@ class OutputDir:
         self.staging = self.path.parent / f".{self.path.name}.csplugin-new-{os.getpid()}"
         self.in_place = False
         self.needs_bytes: int | None = None
-        self.failed = False
+        self.failed, self.thread = False, threading.get_ident()
         self._lock_info: dict[str, Any] | None = None
         self._created = False
         self._had_result = False
@@ -474,7 +474,7 @@ def claim(outdir: str | Path, products: Iterable[str] = (), *, job: str,
 
     Must run inside a :func:`transaction` (which commits on success, aborts on any
     exception). A claim of a directory that an enclosing transaction of this process holds
-    joins it (e.g. ``class-averages --select`` claims early, then
+    joins it if in the same thread (e.g. ``class-averages --select`` claims early, then
     :meth:`~csplugin.averaging.sources.ClassAvgSource.save` writes into the same staging).
 
     Parameters
@@ -496,7 +496,7 @@ def claim(outdir: str | Path, products: Iterable[str] = (), *, job: str,
     key = _key(Path(outdir))
     with _active_lock:
         held = _active.get(key)
-    if held is not None:
+    if held is not None and held.thread == threading.get_ident():  # else: refused by the lock
         scopes[-1].append((held, False))
         return held
     out = OutputDir(Path(outdir), job, command)

@@ -342,3 +342,22 @@ def test_outdir_that_is_a_mount_point_is_staged_inside(tmp_path: Path) -> None:
         assert _visible(out) == {"a": "new", "user.txt": "mine"} and not _debris(tmp_path)
     finally:
         subprocess.run(["umount", "-l", str(out)], capture_output=True)
+
+
+def test_another_thread_of_this_process_is_refused_not_joined(tmp_path: Path) -> None:
+    import threading
+
+    out, errors = tmp_path / "out", []
+
+    def second() -> None:
+        try:
+            _job(out, {"b": "2"}, overwrite=True)
+        except InputError as exc:
+            errors.append(str(exc))
+
+    with od.transaction():
+        od.claim(out, ["a"], job="toy")
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and f"in use by csplugin pid {os.getpid()}" in errors[0]
