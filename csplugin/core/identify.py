@@ -187,11 +187,20 @@ def star_outline(path: str | Path) -> StarOutline:
                     outline.first_row_line[block] = number
                 outline.rows[block] += 1
                 if block not in outline.bad_row:
-                    values = len(shlex.split(line, posix=True)) if '"' in line or "'" in line \
-                        else len(line.split())
+                    values = _count_values(line)
                     if values != len(outline.blocks[block]):
                         outline.bad_row[block] = (number, values, line[:80])
     return outline
+
+
+def _count_values(line: str) -> int:
+    """Values on a loop row (quoted values count once); -1 for an unbalanced quote."""
+    if '"' not in line and "'" not in line:
+        return len(line.split())
+    try:
+        return len(shlex.split(line, posix=True))
+    except ValueError:  # no closing quotation
+        return -1
 
 
 def identify_star(path: str | Path, outline: StarOutline) -> NotParticles | None:

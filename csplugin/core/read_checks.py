@@ -54,17 +54,19 @@ def read_particle_star(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None,
             raise found
     else:
         outline = identify.StarOutline()
+    for name in ("optics", identify.particle_block_name(outline)):
+        if name in outline.bad_row:
+            line, values, text = outline.bad_row[name]
+            problem = ("has an unbalanced quote" if values < 0 else
+                       f"has {values} values but data_{name} has {len(outline.blocks[name])} "
+                       "labels")
+            raise InputError(path, f"line {line} {problem}: {text!r}",
+                             "fix or remove that line (the file is damaged or was edited by hand)")
     particles, optics = particle_blocks(read_star(path), path)
     found = identify.identify_tables(path, particles, optics, outline)
     if found is not None:
         raise found
     block = identify.particle_block_name(outline)
-    for name in ("optics", block):
-        if name in outline.bad_row:
-            line, values, text = outline.bad_row[name]
-            raise InputError(path, f"line {line} has {values} values but data_{name} has "
-                             f"{len(outline.blocks[name])} labels: {text!r}",
-                             "fix or remove that line (the file is damaged or was edited by hand)")
     for name, table in (("optics", optics), (block, particles)):
         if table is not None:
             _numeric_or_refuse(path, table, name, outline)

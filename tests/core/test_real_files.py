@@ -500,3 +500,14 @@ def test_relion_preprocessing_files_are_named(tmp_path: Path, text: str, what: s
     star.write_text(text)
     with pytest.raises(NotParticles, match=what):
         open_particles(star)
+
+
+def test_unbalanced_quote_names_the_line(real: Path, tmp_path: Path) -> None:
+    """Found by mutating relion31.star: an unbalanced quote was a ValueError traceback."""
+    lines = (real / "cryodrgn/relion31.star").read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if "000002@" in line)
+    lines[row] = lines[row].split("000002@")[0] + "'000002@relion31.mrcs"
+    star = tmp_path / "quote.star"
+    star.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=f"line {row + 1} has an unbalanced quote"):
+        open_particles(star)
