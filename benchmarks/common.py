@@ -23,6 +23,8 @@ from formats.mrc import StackWriter
 from formats.star import join_image_names, write_star
 
 PER_STACK = 500
+#: Bumped when the metadata written by make_dataset changes (the stacks are kept).
+METADATA_VERSION = 2
 
 
 def make_dataset(root: Path, n: int, box: int, pixel_size: float = 1.2, seed: int = 0
@@ -33,7 +35,8 @@ def make_dataset(root: Path, n: int, box: int, pixel_size: float = 1.2, seed: in
     """
     root = root / f"n{n}_box{box}"
     cs_path, star_path = root / "particles.cs", root / "particles.star"
-    if cs_path.is_file() and star_path.is_file():
+    marker = root / f".metadata-v{METADATA_VERSION}"
+    if cs_path.is_file() and star_path.is_file() and marker.is_file():
         return cs_path, star_path
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -41,10 +44,11 @@ def make_dataset(root: Path, n: int, box: int, pixel_size: float = 1.2, seed: in
     for k, start in enumerate(range(0, n, PER_STACK)):
         count = min(PER_STACK, n - start)
         path = root / f"stack{k:04d}.mrcs"
-        with StackWriter(path, count, box, pixel_size) as writer:
-            for first in range(0, count, 100):
-                writer.write(rng.standard_normal((min(100, count - first), box, box),
-                                                 dtype=np.float32))
+        if not (path.is_file() and path.stat().st_size == 1024 + 4 * count * box * box):
+            with StackWriter(path, count, box, pixel_size) as writer:
+                for first in range(0, count, 100):
+                    writer.write(rng.standard_normal((min(100, count - first), box, box),
+                                                     dtype=np.float32))
         paths += [str(path)] * count
         index += range(count)
     angles = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
@@ -54,11 +58,16 @@ def make_dataset(root: Path, n: int, box: int, pixel_size: float = 1.2, seed: in
                               ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
                               ("blob/psize_A", "<f4"), ("alignments2D/shift", "<f4", (2,)),
                               ("alignments2D/pose", "<f4"), ("alignments2D/psize_A", "<f4"),
-                              ("alignments2D/class", "<u4")])
+                              ("alignments2D/class", "<u4"), ("ctf/accel_kv", "<f4"),
+                              ("ctf/cs_mm", "<f4"), ("ctf/amp_contrast", "<f4"),
+                              ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"),
+                              ("ctf/df_angle_rad", "<f4")])
     data["uid"], data["blob/path"], data["blob/idx"] = np.arange(n), encode(paths), index
     data["blob/shape"], data["blob/psize_A"] = box, pixel_size
     data["alignments2D/shift"], data["alignments2D/pose"] = shifts, angles
     data["alignments2D/psize_A"], data["alignments2D/class"] = pixel_size, classes
+    data["ctf/accel_kv"], data["ctf/cs_mm"], data["ctf/amp_contrast"] = 300.0, 2.7, 0.1
+    data["ctf/df1_A"] = data["ctf/df2_A"] = rng.uniform(8000, 20000, n)
     write_cs(cs_path, data)
     optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
                            "rlnAmplitudeContrast": [0.1], "rlnSphericalAberration": [2.7],
@@ -68,8 +77,11 @@ def make_dataset(root: Path, n: int, box: int, pixel_size: float = 1.2, seed: in
         "rlnImageName": join_image_names(np.asarray(index) + 1, np.asarray(paths)),
         "rlnAnglePsi": np.rad2deg(angles.astype(float)),
         "rlnOriginXAngst": shifts[:, 0] * pixel_size, "rlnOriginYAngst": shifts[:, 1] * pixel_size,
-        "rlnClassNumber": classes + 1, "rlnOpticsGroup": 1})
+        "rlnClassNumber": classes + 1, "rlnOpticsGroup": 1,
+        "rlnDefocusU": data["ctf/df1_A"], "rlnDefocusV": data["ctf/df2_A"],
+        "rlnDefocusAngle": 0.0})
     write_star(star_path, {"optics": optics, "particles": particles})
+    marker.touch()
     return cs_path, star_path
 
 
@@ -82,11 +94,12 @@ class Timing:
     peak_mb: float
 
 
-def timed(command: list[str], cwd: Path | None = None) -> Timing:
+def timed(command: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+          ) -> Timing:
     """Run ``command`` under ``/usr/bin/time`` and return its timing; raise on failure."""
     start = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-f", "TIME %U %S %M", *command], cwd=cwd,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{command[0]} failed:\n{done.stderr[-2000:]}")
@@ -145,7 +158,8 @@ HEADER = f"{'box':>4} {'job':<38} {'wall s':>7} {'cpu s':>7} {'img/s':>8} {'peak
 
 
 #: Read every particle through csplugin's chunked reader and do nothing else.
-FLOOR = ("from csplugin.core.particles import open_particles; from csplugin.core.images import iter_chunks; "
+FLOOR = ("from csplugin.core.particles import open_particles; "
+         "from csplugin.core.images import iter_chunks; "
          "[None for _ in iter_chunks(open_particles({path!r}))]")
 
 
