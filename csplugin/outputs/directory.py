@@ -40,9 +40,11 @@ Build beside, swap
 
     Fallbacks: without ``renameat2`` (not Linux, old kernel, a file system without
     ``RENAME_EXCHANGE``) the exchange is two renames, so ``OUTDIR`` is briefly absent.
-    When the sibling cannot be made (``PARENT`` not writable, ``OUTDIR`` a mount point), the
-    staging directory is ``OUTDIR/.csplugin-new-PID`` and its entries are renamed into place
-    one by one: each file is still whole, but a crash during those renames can leave a mix.
+    When the sibling cannot be made (``PARENT`` not writable, ``OUTDIR`` a mount point) or
+    must not be (the current directory lies in ``OUTDIR``: it would end in the deleted old
+    tree), the staging directory is ``OUTDIR/.csplugin-new-PID`` and its entries are renamed
+    into place one by one: each file is whole, but a crash during those renames can leave a
+    mix. A symbolic link ``OUTDIR`` is followed: the directory it names is swapped.
 Overwrite
     Without ``overwrite``, a product that exists (by name, or listed in the manifest of this
     job's previous result) is refused before any work. Results of *other* jobs in the same
@@ -66,7 +68,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import ctypes
 import datetime
 import errno
 import glob
@@ -75,11 +76,11 @@ import os
 import shutil
 import socket
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from csplugin.outputs import swap
 from csplugin.outputs.lock import acquire_lock, command_line, release_lock
 from csplugin.outputs.signals import Terminated, critical, interrupt_handlers  # noqa: F401
 from formats import InputError
@@ -88,33 +89,6 @@ LOCK_NAME = ".csplugin.lock"
 MANIFEST_NAME = ".csplugin-result.json"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _INTERNAL = (LOCK_NAME, MANIFEST_NAME)
-
-
-# ------------------------------------------------------------------------------ exchange
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-try:
-    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                           ctypes.c_uint]
-except (AttributeError, OSError):  # not glibc >= 2.28
-    _renameat2 = None
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Swap directories ``a`` and ``b`` atomically (``renameat2(RENAME_EXCHANGE)``).
-
-    Returns False, having done nothing, where the system or file system cannot (the caller
-    then renames twice); other failures raise OSError.
-    """
-    if _renameat2 is None:
-        return False
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(a))
 
 
 # -------------------------------------------------------------------------------- debris
@@ -188,7 +162,8 @@ class OutputDir:
         self.path = Path(path)
         self.job = job
         self.command = command or command_line()
-        self.staging = self.path.parent / f".{self.path.name}.csplugin-new-{os.getpid()}"
+        self.real = Path(os.path.realpath(self.path))  # moved as a directory, never as a link
+        self.staging = self.real.parent / f".{self.real.name}.csplugin-new-{os.getpid()}"
         self.in_place = False
         self.needs_bytes: int | None = None
         self.failed, self.thread = False, threading.get_ident()
@@ -244,7 +219,7 @@ class OutputDir:
                 raise
 
     def _prepare(self, products: list[str], overwrite: bool, hint: str) -> None:
-        clean_debris(self.path)
+        clean_debris(self.real)
         manifest = read_manifest(self.path)
         previous = [p for p in manifest.get(self.job, {}).get("products", [])
                     if os.path.lexists(self.path / p)]
@@ -253,6 +228,9 @@ class OutputDir:
         if (existing or previous) and not overwrite:
             raise InputError(self.path / (existing or previous)[0], "already exists", hint)
         self._check_space()
+        if Path.cwd().is_relative_to(self.real):  # a swap would leave cwd in the old tree
+            self._stage_in_place()
+            return
         try:
             self.staging.mkdir()
         except OSError as exc:
@@ -261,7 +239,7 @@ class OutputDir:
             self._stage_in_place()
             return
         if os.stat(self.staging).st_dev != os.stat(self.path).st_dev \
-                or os.path.ismount(self.path):
+                or os.path.ismount(self.real):
             self.staging.rmdir()
             self._stage_in_place()
 
@@ -324,16 +302,16 @@ class OutputDir:
         skip = set(products) | stale | set(_INTERNAL)
         for entry in os.scandir(self.path):
             if entry.name not in skip and not _is_debris(entry.name):
-                _carry(Path(entry.path), self.staging / entry.name)
+                swap.carry(Path(entry.path), self.staging / entry.name)
         shutil.copyfile(self.lock, self.staging / LOCK_NAME)
-        swapped = exchange(self.path, self.staging)
+        swapped = swap.exchange(self.real, self.staging)
         if not swapped:
-            old_tree = self.path.parent / f".{self.path.name}.csplugin-old-{os.getpid()}"
-            os.rename(self.path, old_tree)
+            old_tree = self.real.parent / f".{self.real.name}.csplugin-old-{os.getpid()}"
+            os.rename(self.real, old_tree)
             try:
-                os.rename(self.staging, self.path)
+                os.rename(self.staging, self.real)
             except OSError:
-                os.rename(old_tree, self.path)
+                os.rename(old_tree, self.real)
                 raise
             self.staging = old_tree
         self._swapped = True
@@ -343,7 +321,7 @@ class OutputDir:
                     and not os.path.lexists(self.path / entry.name):
                 with contextlib.suppress(OSError):
                     os.rename(entry.path, self.path / entry.name)
-        _remove_tree(self.staging)
+        swap.remove_tree(self.staging)
 
     def _commit_in_place(self, products: list[str], stale: set[str], manifest: str) -> None:
         for name in products:
@@ -361,7 +339,7 @@ class OutputDir:
         tmp = self.path / f".{MANIFEST_NAME}.{os.getpid()}.part"
         tmp.write_text(manifest + "\n")
         os.replace(tmp, self.path / MANIFEST_NAME)
-        _remove_tree(self.staging)
+        swap.remove_tree(self.staging)
 
     # ----------------------------------------------------------------------------- abort
     def abort(self) -> None:
@@ -372,7 +350,7 @@ class OutputDir:
             return
         with critical():
             self._done = True
-            _remove_tree(self.staging)
+            swap.remove_tree(self.staging)
             if self._swapped:
                 _last_outcome = f"{self.path} holds the complete new result"
             elif self.path.is_dir() and not self._had_result:
@@ -408,32 +386,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 def _key(path: Path) -> Path:
     return Path(os.path.abspath(path))
-
-
-def _carry(src: Path, dst: Path) -> None:
-    """Hard-link (else copy) ``src`` to ``dst``, directories recursively, links as links."""
-    if src.is_symlink():
-        os.symlink(os.readlink(src), dst)
-    elif src.is_dir():
-        dst.mkdir()
-        for entry in os.scandir(src):
-            _carry(Path(entry.path), dst / entry.name)
-        shutil.copystat(src, dst)
-    else:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove ``path``; a few tries (a Dask task may still be closing a file in it), then
-    leave it as debris for the next run."""
-    for _ in range(3):
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path):
-            return
-        time.sleep(0.05)
 
 
 def _size(n: float) -> str:

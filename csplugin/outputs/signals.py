@@ -4,6 +4,7 @@ directories are committed or cleaned up (:mod:`csplugin.outputs.directory`)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -26,10 +27,25 @@ def _raise_for(signum: int) -> None:
     raise KeyboardInterrupt()
 
 
+#: Code that C calls back into (llvmlite's object cache, while numba compiles): an exception
+#: raised there is printed as "Exception ignored ..." and lost, so the signal is re-sent.
+_CALLBACK_CODE = ("/llvmlite/",)
+#: Seconds before such a signal is sent again.
+RESEND_DELAY = 0.02
+
+
+def _in_callback(frame: Any) -> bool:
+    return frame is not None and any(part in frame.f_code.co_filename
+                                     for part in _CALLBACK_CODE)
+
+
 def _on_signal(signum: int, frame: Any) -> None:
     global _pending_signal
     if _critical_depth:
         _pending_signal = signum  # raised when the commit or clean-up is done
+        return
+    if _in_callback(frame):
+        threading.Timer(RESEND_DELAY, os.kill, (os.getpid(), signum)).start()
         return
     _raise_for(signum)
 

@@ -15,6 +15,7 @@ import pytest
 
 from csplugin.outputs import directory as od
 from csplugin.outputs import lock as lk
+from csplugin.outputs import swap
 from csplugin.outputs.paths import relion_path
 from formats import InputError
 
@@ -182,7 +183,7 @@ def test_exchange_is_atomic_rename_exchange(tmp_path: Path) -> None:
     b.mkdir()
     (a / "x").write_text("a")
     (b / "y").write_text("b")
-    if not od.exchange(a, b):
+    if not swap.exchange(a, b):
         pytest.skip("renameat2(RENAME_EXCHANGE) unavailable here (the two-rename fallback is used)")
     assert (a / "y").exists() and (b / "x").exists()
 
@@ -253,13 +254,13 @@ def test_sigterm_during_the_commit_is_held_back_until_it_is_done(tmp_path: Path,
     out = tmp_path / "out"
     _job(out, {"a": "old", "b": "old"})
     (out / "user.txt").write_text("mine")
-    carry = od._carry
+    carry = swap.carry
 
     def carry_and_terminate(src: Path, dst: Path) -> None:  # SIGTERM in mid-commit
         os.kill(os.getpid(), signal.SIGTERM)
         carry(src, dst)
 
-    monkeypatch.setattr(od, "_carry", carry_and_terminate)
+    monkeypatch.setattr(swap, "carry", carry_and_terminate)
     with od.interrupt_handlers(), pytest.raises(od.Terminated):
         _job(out, {"a": "new"}, overwrite=True)
     assert _visible(out) == {"a": "new", "user.txt": "mine"} and not _debris(tmp_path)
@@ -294,14 +295,14 @@ def test_sigkill_during_the_commit_leaves_one_whole_result(when: str, tmp_path: 
     script = f"""
 import os, signal
 from pathlib import Path
-from csplugin.outputs import directory as od
-real = od.exchange
+from csplugin.outputs import directory as od, swap
+real = swap.exchange
 def exchange(a, b):
     if {when == "before the exchange"}:
         os.kill(os.getpid(), signal.SIGKILL)
     done = real(a, b)
     os.kill(os.getpid(), signal.SIGKILL)
-od.exchange = exchange
+swap.exchange = exchange
 with od.transaction():
     o = od.claim(Path({str(out)!r}), ["a"], job="toy", overwrite=True)
     o.stage("a").write_text("new")
@@ -317,7 +318,7 @@ with od.transaction():
 
 def test_two_rename_fallback_without_renameat2(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(od, "_renameat2", None)
+    monkeypatch.setattr(swap, "_renameat2", None)
     out = tmp_path / "out"
     _job(out, {"a": "old", "b": "old"})
     (out / "user.txt").write_text("mine")
@@ -361,3 +362,37 @@ def test_another_thread_of_this_process_is_refused_not_joined(tmp_path: Path) ->
         thread.start()
         thread.join()
     assert len(errors) == 1 and f"in use by csplugin pid {os.getpid()}" in errors[0]
+
+
+def test_outdir_holding_the_current_directory_or_a_link(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    _job(out, {"a": "old", "b": "old"})
+    monkeypatch.chdir(out)
+    _job(Path("."), {"a": "new"}, overwrite=True)  # staged inside: cwd stays valid
+    assert Path.cwd() == out and _visible(Path(".")) == {"a": "new"} and not _debris(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(out)
+    _job(tmp_path / "link", {"a": "newer"}, overwrite=True)  # the named directory is swapped
+    assert (tmp_path / "link").is_symlink() and _visible(out) == {"a": "newer"}
+    assert not _debris(tmp_path)
+
+
+def test_signal_inside_a_c_callback_is_sent_again_not_lost(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Python prints and drops an exception raised in code that C calls back (llvmlite's
+    object cache while numba compiles); the handler re-sends the signal instead."""
+    import signal
+    import threading
+    import types
+
+    from csplugin.outputs import signals
+
+    sent, done = [], threading.Event()
+    monkeypatch.setattr(signals.os, "kill", lambda pid, sig: (sent.append(sig), done.set()))
+    callback = types.SimpleNamespace(f_code=types.SimpleNamespace(
+        co_filename="/x/site-packages/llvmlite/binding/executionengine.py"))
+    signals._on_signal(signal.SIGTERM, callback)  # no exception here
+    assert done.wait(5) and sent == [signal.SIGTERM]
+    with pytest.raises(od.Terminated):
+        signals._on_signal(signal.SIGTERM, None)
