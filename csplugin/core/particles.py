@@ -234,7 +234,7 @@ def _from_cs(path: Path, passthrough: str | Path | None) -> ParticleTable:
     native_read.check_alignments(fields, path)
     n = len(data)
     p = pd.DataFrame({"uid": data["uid"].astype(np.uint64)})
-    p["image_path"] = np.char.lstrip(decode(data[Cs.BLOB_PATH]), ">") if n else []
+    p["image_path"] = np.char.lstrip(_text(data, Cs.BLOB_PATH, path), ">") if n else []
     p["stack_index"] = data[Cs.BLOB_IDX].astype(np.int64)
     p["pixel_size"] = data[Cs.BLOB_PSIZE].astype(np.float64)
     p["box"] = data[Cs.BLOB_SHAPE][:, -1].astype(np.int64) if n else []
@@ -268,10 +268,34 @@ def _column(data: np.ndarray, field: str, n: int) -> np.ndarray:
     return data[field].astype(np.float64) if field in data.dtype.names else np.full(n, np.nan)
 
 
+def _text(data: np.ndarray, field: str, path: Path | None) -> np.ndarray:
+    """A text field decoded from UTF-8; a damaged value names its row (or, with ``path``
+    None, becomes ``""``: only informational fields)."""
+    try:
+        return decode(data[field])
+    except UnicodeDecodeError:
+        values = data[field]
+        ok = np.array([_is_utf8(v) for v in values])
+        if path is None:
+            return np.where(ok, [v.decode("utf-8") if k else "" for v, k in zip(values, ok)], "")
+        i = int(np.flatnonzero(~ok)[0])
+        raise InputError(path, f"row {i} (uid {data['uid'][i]}): {field} is not UTF-8 text "
+                         f"({bytes(values[i])[:40]!r})", "the file is damaged; export it again"
+                         ) from None
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _add_location_from_cs(p: pd.DataFrame, data: np.ndarray) -> None:
     names = data.dtype.names
     if Cs.LOC_MICROGRAPH_PATH in names:
-        p["micrograph"] = decode(data[Cs.LOC_MICROGRAPH_PATH])
+        p["micrograph"] = _text(data, Cs.LOC_MICROGRAPH_PATH, None)
     if {Cs.LOC_CENTER_X, Cs.LOC_MICROGRAPH_SHAPE} <= set(names):
         shape = data[Cs.LOC_MICROGRAPH_SHAPE].astype(np.float64)  # [ny, nx]
         p["coordinate_x"] = data[Cs.LOC_CENTER_X] * shape[:, 1]

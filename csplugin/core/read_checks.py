@@ -35,7 +35,8 @@ _NUMERIC_LABELS = (
     Relion.MAGNIFICATION, Relion.DETECTOR_PIXEL_SIZE, Relion.VOLTAGE,
     Relion.SPHERICAL_ABERRATION, Relion.AMPLITUDE_CONTRAST, Relion.DEFOCUS_U, Relion.DEFOCUS_V,
     Relion.DEFOCUS_ANGLE, Relion.PHASE_SHIFT, Relion.CTF_BFACTOR, Relion.CTF_SCALEFACTOR,
-    Relion.HELICAL_TUBE_ID, Relion.COORDINATE_X, Relion.COORDINATE_Y,
+    Relion.HELICAL_TUBE_ID, Relion.COORDINATE_X, Relion.COORDINATE_Y, Relion.ANGLE_TILT_PRIOR,
+    Relion.ANGLE_ROT_PRIOR, Relion.RANDOM_SUBSET, Relion.CSPLUGIN_UID,
 )
 
 
@@ -63,6 +64,9 @@ def read_particle_star(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None,
             raise InputError(path, f"line {line} {problem}: {text!r}",
                              "fix or remove that line (the file is damaged or was edited by hand)")
     particles, optics = particle_blocks(read_star(path), path)
+    if len(particles) == 0:
+        raise InputError(path, "holds no particles (its particle table has no rows)",
+                         "pass a particles .star that lists particles")
     found = identify.identify_tables(path, particles, optics, outline)
     if found is not None:
         raise found
@@ -110,7 +114,8 @@ def _numeric_or_refuse(path: Path, table: pd.DataFrame, block: str,
 
 #: Numeric labels whose values are counts or numbers of groups, classes or tubes.
 _WHOLE_LABELS = (Relion.CLASS_NUMBER, Relion.OPTICS_GROUP, Relion.IMAGE_SIZE,
-                 Relion.IMAGE_DIMENSIONALITY, Relion.HELICAL_TUBE_ID)
+                 Relion.IMAGE_DIMENSIONALITY, Relion.HELICAL_TUBE_ID, Relion.RANDOM_SUBSET,
+                 Relion.CSPLUGIN_UID)
 
 
 def single_optics_group(path: Path, particles: pd.DataFrame, optics: pd.DataFrame
@@ -123,6 +128,9 @@ def single_optics_group(path: Path, particles: pd.DataFrame, optics: pd.DataFram
     belongs to is unknown and the file is refused.
     """
     if Relion.OPTICS_GROUP in particles:
+        if Relion.OPTICS_GROUP not in optics:
+            raise InputError(path, "has a data_optics table without rlnOpticsGroup numbers",
+                             "number the optics groups (rlnOpticsGroup 1, 2, ...)")
         return particles
     if Relion.OPTICS_GROUP not in optics or len(optics) == 0:
         raise InputError(path, "has a data_optics table without rlnOpticsGroup numbers",

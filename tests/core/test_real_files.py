@@ -511,3 +511,64 @@ def test_unbalanced_quote_names_the_line(real: Path, tmp_path: Path) -> None:
     star.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=f"line {row + 1} has an unbalanced quote"):
         open_particles(star)
+
+
+def test_mutated_real_stars_give_one_line_errors_only(real: Path, tmp_path: Path) -> None:
+    """Random byte edits of real stars (seeded): every outcome is a table or an InputError,
+    never another exception (the way the unbalanced quote above was found)."""
+    import random
+
+    sources = [real / "cryodrgn" / name for name in ("relion31.star", "empiar_10076_7.star",
+                                                     "toy_projections_13.star", "relion5.star")]
+    sources += sorted((real / "cylindra").glob("*.star"))
+    rng = random.Random(15)
+    tokens = [b"nan", b"inf", b'"', b"'", b"\n", b"data_x\n", b"loop_\n", b"_rlnFoo\n", b"-1"]
+    for _ in range(300):
+        data = bytearray(rng.choice(sources).read_bytes())
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(data))
+            op = rng.random()
+            if op < 0.4:
+                data[i] = rng.choice(b"0123456789.-+eE nan\"'#_\t\n@xyz")
+            elif op < 0.7:
+                del data[i:i + rng.randint(1, 20)]
+            else:
+                data[i:i] = rng.choice(tokens)
+        star = tmp_path / "mutated.star"
+        star.write_bytes(bytes(data))
+        try:
+            open_particles(star, project_dir=real / "cryodrgn")
+        except InputError:
+            pass
+
+
+def test_cs_with_damaged_text_names_the_row(real: Path, tmp_path: Path) -> None:
+    """A byte flipped in a blob/path (mutating the real J2 file) was a UnicodeDecodeError."""
+    data = read_cs(real / "cryodrgn/cryosparc_J2_particles_exported.cs")
+    path = bytearray(data["blob/path"][4])
+    path[5] = 0x91
+    data["blob/path"][4] = bytes(path)
+    write_cs(tmp_path / "damaged.cs", data)
+    with pytest.raises(InputError, match=rf"row 4 \(uid {data['uid'][4]}\): blob/path is not "
+                                         "UTF-8 text"):
+        open_particles(tmp_path / "damaged.cs")
+
+
+def test_mutated_real_cs_files_give_one_line_errors_only(real: Path, tmp_path: Path) -> None:
+    """Random byte edits of real .cs files (seeded): a table or an InputError, nothing else."""
+    import random
+
+    sources = [real / "cryodrgn/cryosparc_J2_particles_exported.cs",
+               real / "cryodrgn/empiar_10076_7.cs",
+               real / "derived/cryosparc_J2_particles_exported.csdat.cs"]
+    rng = random.Random(11)
+    for _ in range(200):
+        data = bytearray(rng.choice(sources).read_bytes())
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        mutated = tmp_path / "mutated.cs"
+        mutated.write_bytes(bytes(data))
+        try:
+            open_particles(mutated, project_dir=real / "cryodrgn")
+        except InputError:
+            pass
