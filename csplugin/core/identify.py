@@ -284,9 +284,11 @@ def identify_star(path: str | Path, outline: StarOutline) -> NotParticles | None
 
 def identify_cs(path: str | Path, fields: set[str]) -> NotParticles | None:
     """What a cryoSPARC dataset is when its fields show it holds no particle images, else None."""
-    if Cs.A2D_NUM_PARTICLES in fields or any(f.startswith("blob_selected/") for f in fields):
+    telling = sorted(f for f in fields if f == Cs.A2D_NUM_PARTICLES
+                     or f.startswith("blob_selected/"))
+    if telling:
         return NotParticles(path, "a cryoSPARC class-averages (templates) dataset "
-                            f"({Cs.A2D_NUM_PARTICLES})",
+                            f"({', '.join(telling[:2])})",
                             fix="pass the particles .cs of the 2D classification")
     if Cs.BLOB_PATH in fields:
         return None
