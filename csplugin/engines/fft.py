@@ -231,14 +231,15 @@ class PaddedRFFT2:
 
 def padded_rfft2(n: int, m: int, batch: int | None = None, expected: int = 0) -> PaddedRFFT2:
     """The cached :class:`PaddedRFFT2` for ``N``, ``M`` and ``batch`` (default: about
-    :data:`BATCH_BYTES` of output, at least 1); ``expected`` images to transform in this
-    run choose the planning effort (see :data:`MEASURE_FROM`)."""
+    :data:`BATCH_BYTES` of output, at least 1) of the calling thread (each thread gets its
+    own buffers); ``expected`` images to transform in this run choose the planning effort
+    (see :data:`MEASURE_FROM`)."""
     if batch is None:  # a power of two (divides the 16 MiB reading chunks), at least 1
         fit = max(1, min(64, BATCH_BYTES // (8 * m * (m // 2 + 1))))
         batch = 1 << (fit.bit_length() - 1)
     n_threads = threads()
     effort = _effort(expected)
-    key = (n, m, batch, n_threads)
+    key = (n, m, batch, n_threads, threading.get_ident())  # buffers are not shared by threads
     with _lock:
         plan = _plans.get(key)
         if plan is None:

@@ -198,3 +198,14 @@ def test_add_spectra_splits_like_separate_accumulators() -> None:
         alone.add(images[owners == k], angles[owners == k])
         assert acc.n == alone.n
         np.testing.assert_array_equal(acc.result(), alone.result())
+
+
+def test_threads_get_their_own_plans() -> None:
+    import threading
+
+    mine = fft.padded_rfft2(16, 16, batch=2)
+    theirs = []
+    worker = threading.Thread(target=lambda: theirs.append(fft.padded_rfft2(16, 16, batch=2)))
+    worker.start()
+    worker.join()
+    assert theirs[0] is not mine and theirs[0].input is not mine.input
