@@ -41,13 +41,12 @@ SCOPE = "csplugin handles 2D single-particle images only"
 _TOMO_FIX = "use RELION's tomography programs or Warp/M for it"
 _OTHER_FIX = "pass a particles .star (e.g. Class2D run_itNNN_data.star) or a particles .cs"
 
-# Labels used only to recognise foreign files.
-_TOMO_2D_STACKS = "rlnTomoSubTomosAre2DStacks"
-_TOMO_PREFIX = "rlnTomo"
+_TOMO_2D_STACKS = Relion.TOMO_SUBTOMOS_ARE_2D_STACKS
+_TOMO_PREFIX = Relion.TOMO_PREFIX
 #: A third coordinate or origin: subtomograms. (``rlnCtfImage`` alone is not: RELION's
 #: single-particle Extract copies the micrograph's CTF image name into every particle row.)
-_TOMO_3D_LABELS = ("rlnCoordinateZ", "rlnOriginZAngst", "rlnOriginZ",
-                   "rlnCenteredCoordinateZAngst")
+_TOMO_3D_LABELS = (Relion.COORDINATE_Z, Relion.ORIGIN_Z_ANGST, Relion.ORIGIN_Z,
+                   Relion.CENTERED_COORDINATE_Z_ANGST)
 _WARP_GROUP = re.compile(r"_\d{7}$")
 
 
@@ -219,24 +218,25 @@ def identify_star(path: str | Path, outline: StarOutline) -> NotParticles | None
         kind = "2D stacks of tilt images" if flag == "1" else "3D subtomograms"
         return refuse(f"RELION 5 subtomogram particles (data_general {_TOMO_2D_STACKS} {flag}: "
                       f"{kind})", True)
-    if "rlnTomoParticlesFile" in labels:
+    if Relion.TOMO_PARTICLES_FILE in labels:
         return refuse("a RELION tomography optimisation set (rlnTomoParticlesFile)", True)
-    if "rlnTomoTiltSeriesStarFile" in labels or "global" in blocks and "rlnTomoName" in labels:
+    if Relion.TOMO_TILT_SERIES_STAR_FILE in labels or \
+            "global" in blocks and Relion.TOMO_NAME in labels:
         return refuse("a RELION tomograms table (tomograms.star: rlnTomoName, "
                       "rlnTomoTiltSeriesStarFile)", True)
-    if {"rlnTomoNominalStageTiltAngle", "rlnTomoXTilt", "rlnTomoYTilt"} & labels or \
-            "rlnMicrographMovieName" in labels and Relion.IMAGE_NAME not in labels and tomo:
-        telling = {"rlnTomoNominalStageTiltAngle", "rlnMicrographMovieName"} & labels
+    if {Relion.TOMO_NOMINAL_STAGE_TILT_ANGLE, Relion.TOMO_X_TILT, Relion.TOMO_Y_TILT} & labels or \
+            Relion.MICROGRAPH_MOVIE_NAME in labels and Relion.IMAGE_NAME not in labels and tomo:
+        telling = {Relion.TOMO_NOMINAL_STAGE_TILT_ANGLE, Relion.MICROGRAPH_MOVIE_NAME} & labels
         return refuse(f"a RELION tilt-series table (one row per tilt image: "
                       f"{', '.join(sorted(telling))})", True)
     if "job" in blocks or "joboptions_values" in blocks:
         job = outline.pairs.get("job", {})
-        kind = job.get("rlnJobTypeLabel") or job.get("rlnJobType") or "?"
+        kind = job.get(Relion.JOB_TYPE_LABEL) or job.get(Relion.JOB_TYPE) or "?"
         return refuse(f"a RELION job.star (parameters of a {kind} job)")
     if any(name.startswith("pipeline_") for name in blocks):
         return refuse("a RELION pipeline (default_pipeline.star: jobs and their nodes)")
     if "optimiser_general" in blocks:
-        data = outline.pairs.get("optimiser_general", {}).get("rlnExperimentalDataStarFile")
+        data = outline.pairs.get("optimiser_general", {}).get(Relion.EXPERIMENTAL_DATA_STAR_FILE)
         return refuse("a RELION optimiser file (run_itNNN_optimiser.star)",
                       fix=f"pass the particles it names: {data}" if data else
                       "pass the run_itNNN_data.star of the same iteration")
@@ -246,24 +246,24 @@ def identify_star(path: str | Path, outline: StarOutline) -> NotParticles | None
         return refuse("a RELION model file (class references and statistics, "
                       "run_itNNN_model.star)",
                       fix="pass the run_itNNN_data.star of the same iteration")
-    if "rlnFinalResolution" in labels or "fsc" in blocks:
+    if Relion.FINAL_RESOLUTION in labels or "fsc" in blocks:
         return refuse("a RELION post-processing file (resolution and FSC curves)")
-    if "rlnMtfValue" in labels:
+    if Relion.MTF_VALUE in labels:
         return refuse("a detector MTF table (rlnResolutionInversePixel, rlnMtfValue)")
     if "motl_idx" in labels:
         return refuse("a STOPGAP motive list (subtomogram averaging)", True)
     if tomo and Relion.IMAGE_NAME not in labels:
         return refuse(f"a table of particle positions in tomograms ({', '.join(tomo[:3])}; no "
                       "extracted images)", True)
-    if tomo and ("rlnTomoName" in labels or "rlnTomoParticleName" in labels):
+    if tomo and (Relion.TOMO_NAME in labels or Relion.TOMO_PARTICLE_NAME in labels):
         shown = ", ".join(tomo[:3]) + ("…" if len(tomo) > 3 else "")
         return refuse(f"RELION 4/5 subtomogram particles ({shown})", True)
     if Relion.IMAGE_NAME not in labels:
-        if "rlnMicrographShiftX" in labels or "rlnMotionModelVersion" in labels:
+        if Relion.MICROGRAPH_SHIFT_X in labels or Relion.MOTION_MODEL_VERSION in labels:
             return refuse("a RELION motion-correction file of one movie (frame shifts)")
-        if "rlnMicrographCoordinates" in labels:
+        if Relion.MICROGRAPH_COORDINATES in labels:
             return refuse("a list of coordinate files, one per micrograph (autopick.star)")
-        if "rlnCoordinateZ" in labels:
+        if Relion.COORDINATE_Z in labels:
             return refuse("a table of 3D particle coordinates in tomograms (rlnCoordinateZ, no "
                           "rlnImageName)", True)
         if "micrographs" in blocks or "movies" in blocks or \
@@ -272,11 +272,11 @@ def identify_star(path: str | Path, outline: StarOutline) -> NotParticles | None
         if Relion.COORDINATE_X in labels:
             return refuse("a table of picked coordinates (rlnCoordinateX/Y, no extracted "
                           "images: no rlnImageName); extract the particles first")
-        if "rlnReferenceImage" in labels:
+        if Relion.REFERENCE_IMAGE in labels:
             return refuse("a table of references or class averages (rlnReferenceImage)")
     three_d = sorted(set(_TOMO_3D_LABELS) & labels)
     if Relion.IMAGE_NAME in labels and three_d:
-        shown = three_d + (["rlnCtfImage"] if "rlnCtfImage" in labels else [])
+        shown = three_d + ([Relion.CTF_IMAGE] if Relion.CTF_IMAGE in labels else [])
         return refuse(f"subtomogram particles ({', '.join(sorted(shown))}: 3D positions and "
                       "poses)", True)
     return None
@@ -321,7 +321,7 @@ def identify_tables(path: str | Path, particles: pd.DataFrame, optics: pd.DataFr
             if (dims == 3).any():
                 return NotParticles(path, f"subtomogram particles ({Relion.IMAGE_DIMENSIONALITY} 3 "
                                     f"in {name}: 3D images)", True, details)
-    group, mic, scale = "rlnGroupName", Relion.MICROGRAPH_NAME, Relion.CTF_SCALEFACTOR
+    group, mic, scale = Relion.GROUP_NAME, Relion.MICROGRAPH_NAME, Relion.CTF_SCALEFACTOR
     if {group, mic, scale} <= set(particles) and len(particles) > 1:
         names = particles[group].astype(str)
         sizes = names.value_counts()
