@@ -321,7 +321,7 @@ def identify_tables(path: str | Path, particles: pd.DataFrame, optics: pd.DataFr
             if (dims == 3).any():
                 return NotParticles(path, f"subtomogram particles ({Relion.IMAGE_DIMENSIONALITY} 3 "
                                     f"in {name}: 3D images)", True, details)
-    group, mic, scale = Relion.GROUP_NAME, Relion.MICROGRAPH_NAME, Relion.CTF_SCALEFACTOR
+    group, mic, scale = Relion.SCALE_GROUP_NAME, Relion.MICROGRAPH_NAME, Relion.CTF_SCALEFACTOR
     if {group, mic, scale} <= set(particles) and len(particles) > 1:
         names = particles[group].astype(str)
         sizes = names.value_counts()
