@@ -92,3 +92,34 @@ def run_demo(outdir: str | Path, n_per_class: int = 300, box: int = 128,
     yield Check(f"helical class 0: sharpest meridional reflection at 1/x A, true rise {rise:.2f} A",
                 1 / peak, f"within {RISE_TOLERANCE:.1%}",
                 abs(1 / peak - rise) <= RISE_TOLERANCE * rise)
+    yield from _helical_indexing(outdir)
+
+
+def _helical_indexing(outdir: Path) -> Iterator[str | Check]:
+    """A projected 3D helix (rise 10 Å, twist 33.5°, C1; 4 filaments x 10 overlapping
+    segments, oblique in the class frame): the power-spectrum job's layer-line detection must
+    put a meridional reflection at 1/rise; its best symmetry candidate is reported."""
+    import csv
+
+    from csplugin.synthetic.helices import make_helical_job, preset_helices
+
+    helix = preset_helices()[0]
+    job = make_helical_job(outdir / "helical", helices=[helix], axis_angle=35.0,
+                           noise_sigma=0.3, seed=0, filaments_per_helix=4,
+                           segments_per_filament=10)
+    target = outdir / "helical" / "power_spectra"
+    power_spectra(open_particles(job.particles_cs), target, SpectrumOptions(), overwrite=True)
+    yield f"csplugin power-spectrum {job.particles_cs} -o {target}  (see {target / 'index.html'})"
+    with open(target / "layer_lines.csv", newline="") as f:
+        heights = [float(r["height_inv_A"]) for r in csv.DictReader(f)
+                   if r["meridional"] == "true"]
+    error = min((abs(1 / h - helix.rise) / helix.rise for h in heights if h > 0),
+                default=float("inf"))
+    yield Check(f"helical indexing: meridional reflection at 1/rise, rise {helix.rise:g} A, "
+                "relative error", error, f"<= {RISE_TOLERANCE:.1%}", error <= RISE_TOLERANCE)
+    with open(target / "helical_candidates.csv", newline="") as f:
+        best = next(csv.DictReader(f), None)
+    if best is not None:
+        yield (f"helical indexing: best candidate rise {float(best['rise_A']):.2f} A, twist "
+               f"{float(best['twist_deg']):.2f} deg, C{best['csym']} (true {helix.rise:g} A, "
+               f"{helix.twist:g} deg, C{helix.csym}; the hand is not decidable)")

@@ -62,6 +62,8 @@ __all__ = ["ClassExtras", "ClassIndex", "filament_halves", "helical_outputs"]
 
 #: Particles per class averaged for the filament mask's axis (read before the pass).
 AXIS_PARTICLES = 500
+#: Candidates written per class (ranked; the issue's target is the truth in the top 10).
+TOP_CANDIDATES = 20
 #: Layer lines shown and used at most per class (strongest first).
 MAX_LINES = 40
 
@@ -260,7 +262,7 @@ def index_class(k: int, spectrum: np.ndarray, half1: np.ndarray | None,
     if out.radius_range is not None and out.radius_range[0] > 0:
         nyquist = 1.0 / (2.0 * header_pixel)
         out.candidates = index_helix(lines, out.radius_range, nyquist=nyquist,
-                                     max_csym=max_csym,
+                                     max_csym=max_csym, top=TOP_CANDIDATES,
                                      sampling=1.0 / (spectrum.shape[0] * header_pixel))
     out.seconds = time.perf_counter() - start
     return out

@@ -36,16 +36,16 @@ def spectrum_png(path: str | Path, spectrum: np.ndarray, pixel_size: float,
     ``pixel_size`` puts Nyquist, ``1/(2 pixel_size)``, at the edge. Row 0 is drawn at the
     bottom, so +ky points up.
     """
-    m = spectrum.shape[0]
-    step = 1.0 / (m * pixel_size)
-    lo, hi = (-(m // 2) - 0.5) * step, (m - m // 2 - 0.5) * step
-    positive = spectrum[spectrum > 0]
-    shown = np.log10(1.0 + spectrum / float(np.median(positive))) if positive.size else spectrum
+    from csplugin.outputs.spectrum_figures import spectrum_display
+
+    # contrast from percentiles of the signal region (DC peak left out), at most 400 px shown
+    shown, half, vmin, vmax = spectrum_display(spectrum, pixel_size, 0.5 / pixel_size)
+    lo, hi = -half, half
     fig = _figure(11.5, 4.8)
     fig.subplots_adjust(left=0.07, right=0.97, bottom=0.12, top=0.9, wspace=0.3)
     left, right = fig.subplots(1, 2)
     image = left.imshow(shown, cmap="gray", origin="lower", extent=(lo, hi, lo, hi),
-                        vmin=float(np.percentile(shown, 1)), vmax=float(np.percentile(shown, 99.9)))
+                        vmin=vmin, vmax=vmax, interpolation="nearest")
     left.set_xlabel("kx (1/Å)")
     left.set_ylabel("ky (1/Å)")
     left.set_title(f"{title}: log10(1 + P / median)")
@@ -54,6 +54,7 @@ def spectrum_png(path: str | Path, spectrum: np.ndarray, pixel_size: float,
         right.semilogy(prof["frequency"][1:], np.clip(prof[name][1:], 1e-30, None), label=name,
                        lw=1)
     right.set_xlabel("spatial frequency (1/Å)")
+    right.set_ylabel("mean |F|² or |F| (a.u. per particle)")
     right.set_title("profiles")
     right.legend()
     _save(fig, path)

@@ -31,6 +31,7 @@ __all__ = ["class_figures", "class_png", "display_limit", "spectrum_display"]
 
 _DPI = 72
 _MAX_DISPLAY_PX = 400
+_WORKERS = 1
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -142,13 +143,16 @@ def class_png(path: Path, spectrum: np.ndarray, header_pixel: float, average: np
     prof = profiles(spectrum, header_pixel, "horizontal" if axis == "horizontal" else "vertical")
     freq = prof["frequency"]
     keep = (freq > 0) & (freq <= limit)
-    for name in ("meridian", "equator", "radial"):
-        ax_pr.semilogy(freq[keep], np.clip(prof[name][keep], 1e-30, None), label=name, lw=1)
-    ax_pr.set_xlabel("spatial frequency (1/Å)", fontsize=8)
-    ax_pr.set_ylabel("mean power |F|² (a.u. per particle)" if quantity == "power"
-                     else "mean amplitude |F| (a.u. per particle)", fontsize=8)
-    ax_pr.tick_params(labelsize=7)
-    ax_pr.legend(fontsize=7)
+    colours = {"meridian": "#1f77b4", "equator": "#ff7f0e", "radial": "#2ca02c"}
+    for i, (name, colour) in enumerate(colours.items()):
+        ax_pr.plot(freq[keep], np.log10(np.clip(prof[name][keep], 1e-30, None)), lw=1,
+                   color=colour)
+        ax_pr.text(0.97, 0.95 - 0.07 * i, name, color=colour, fontsize=7, ha="right",
+                   va="top", transform=ax_pr.transAxes)
+    ax_pr.set_xlim(0.0, limit)
+    _plain_axes(ax_pr, "spatial frequency (1/Å)",
+                "mean power |F|² (a.u. per particle)" if quantity == "power"
+                else "mean amplitude |F| (a.u. per particle)", log=True)
     fig.text(ax_pr.get_position().x0, 0.9, "profiles", fontsize=9)
     if with_agreement:
         _agreement(axes[3], result, float(noise_sd))
@@ -157,43 +161,89 @@ def class_png(path: Path, spectrum: np.ndarray, header_pixel: float, average: np
     _save(fig, path)
 
 
+def _plain_axes(ax: Any, xlabel: str, ylabel: str, *, log: bool = False) -> None:
+    """Frame, four labelled ticks per side and axis labels drawn directly, without matplotlib's
+    axis machinery (its tick layout is most of a figure's drawing time). Call after plotting,
+    with the limits set; ``log``: the y data are log10 values, labelled as powers of ten."""
+    from matplotlib.ticker import MaxNLocator
+
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    ax.set_axis_off()
+    ax.plot([0, 1, 1, 0, 0], [0, 0, 1, 1, 0], color="k", lw=0.8, transform=ax.transAxes,
+            clip_on=False)
+    xt = ax.get_xaxis_transform()  # x data, y axes
+    yt = ax.get_yaxis_transform()  # x axes, y data
+    for x in MaxNLocator(4).tick_values(x0, x1):
+        if x0 <= x <= x1:
+            ax.plot([x, x], [0, 0.02], color="k", lw=0.8, transform=xt)
+            ax.text(x, -0.015, f"{x:g}", transform=xt, ha="center", va="top", fontsize=7)
+    for y in MaxNLocator(4, integer=log).tick_values(y0, y1):
+        if y0 <= y <= y1:
+            ax.plot([0, 0.02], [y, y], color="k", lw=0.8, transform=yt)
+            ax.text(-0.015, y, f"1e{y:g}" if log else f"{y:g}", transform=yt, ha="right",
+                    va="center", fontsize=7)
+    ax.text(0.5, -0.09, xlabel, transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    ax.text(-0.16, 0.5, ylabel, transform=ax.transAxes, ha="center", va="center",
+            rotation=90, fontsize=8)
+
+
 def _xy(axis: str, r: float, z: float) -> tuple[float, float]:
     """Plot position of (radial R, height Z) for the spectrum's orientation."""
     return (z, r) if axis == "horizontal" else (r, z)
 
 
+def _segments(ax: Any, points: list[tuple[float, float, float, float]], colour: str,
+              lw: float) -> None:
+    """Many short line segments ``(x0, y0, x1, y1)`` as one artist (NaN-separated)."""
+    if not points:
+        return
+    p = np.asarray(points, dtype=np.float64)
+    xs = np.column_stack([p[:, 0], p[:, 2], np.full(len(p), np.nan)]).ravel()
+    ys = np.column_stack([p[:, 1], p[:, 3], np.full(len(p), np.nan)]).ravel()
+    ax.plot(xs, ys, color=colour, lw=lw)
+
+
 def _mark_lines(ax: Any, lines: list[Any], half: float, axis: str) -> None:
     """Ticks at each detected height on the meridian (yellow: meridional reflection), the
-    strongest ten (that agree between the half sets) labelled in 1/Å and Å at the left."""
+    strongest six (that agree between the half sets) labelled in 1/Å and Å at the left."""
     labelled = sorted((ln for ln in lines if not (ln.half_agreement < 0.3)),
-                      key=lambda ln: -ln.strength)[:10]
+                      key=lambda ln: -ln.strength)[:6]
+    ticks: dict[str, list[tuple[float, float, float, float]]] = {"#ffcc00": [], "#33ccff": []}
     for ln in lines:
         if ln.height > half:
             continue
-        x0, y0 = _xy(axis, -0.05 * half, ln.height)
-        x1, y1 = _xy(axis, 0.05 * half, ln.height)
         colour = "#ffcc00" if ln.meridional else "#33ccff"
-        ax.plot([x0, x1], [y0, y1], color=colour, lw=1.2)
+        ticks[colour].append((*_xy(axis, -0.05 * half, ln.height),
+                              *_xy(axis, 0.05 * half, ln.height)))
         if ln in labelled:
             tx, ty = _xy(axis, -0.98 * half, ln.height)
             ax.text(tx, ty, f"{ln.height:.4f} Å⁻¹ ({1 / ln.height:.1f} Å)", color=colour,
                     fontsize=6, va="center", ha="left" if axis != "horizontal" else "center")
+    for colour, points in ticks.items():
+        _segments(ax, points, colour, 1.2)
 
 
-def _overlay(ax: Any, top: Any, half: float, axis: str, max_order: int = 10) -> None:
+def _overlay(ax: Any, top: Any, half: float, axis: str, max_order: int = 10,
+             max_labels: int = 12) -> None:
     """The top candidate's predicted first maxima, short marks at (±R, ±Z) for Bessel orders
-    ``|n| <= max_order``, the order written beside the +R, +Z mark."""
+    ``|n| <= max_order``, the order written beside the +R, +Z mark of the lowest
+    ``max_labels`` lines (text is the dear part of a figure)."""
     width = 0.025 * half
+    marks: list[tuple[float, float, float, float]] = []
+    labels = 0
     for z, n, r in top.predicted:
         if z > half or r > half or abs(n) > max_order:
             continue
         for sr in ((-1, 1) if r > 0 else (1,)):
             for sz in (-1, 1):
-                x0, y0 = _xy(axis, sr * r - width, sz * z)
-                x1, y1 = _xy(axis, sr * r + width, sz * z)
-                ax.plot([x0, x1], [y0, y1], color="#ff5050", lw=1.0)
-        x, y = _xy(axis, r + width, z)
-        ax.text(x, y, f"{n}", color="#ff5050", fontsize=6, ha="left", va="bottom")
+                marks.append((*_xy(axis, sr * r - width, sz * z),
+                              *_xy(axis, sr * r + width, sz * z)))
+        if labels < max_labels:
+            x, y = _xy(axis, r + width, z)
+            ax.text(x, y, f"{n}", color="#ff5050", fontsize=6, ha="left", va="bottom")
+            labels += 1
+    _segments(ax, marks, "#ff5050", 1.0)
     ax.text(0.99, 0.99, f"top candidate: rise {top.rise:.2f} Å, twist ±{abs(top.twist):.2f}°, "
             f"C{top.csym} (red: its layer lines, Bessel order n)", transform=ax.transAxes,
             color="#ff5050", fontsize=6, va="top", ha="right")
@@ -209,13 +259,12 @@ def _agreement(ax: Any, result: Any, noise_sd: float) -> None:
         colours = ["#d08000" if ln.meridional else "#1f77b4" for ln in lines]
         ax.scatter(z, a, s=10 + 4 * np.sqrt(np.maximum(s, 0)), c=colours)
     ax.axhline(0.0, color="k", lw=0.6)
-    ax.axhline(3 * noise_sd, color="r", lw=0.8, ls="--",
-               label=f"3 s.d. of noise ({3 * noise_sd:.2f})")
+    ax.axhline(3 * noise_sd, color="r", lw=0.8, ls="--")
     ax.set_ylim(-0.5, 1.05)
-    ax.set_xlabel("layer-line height Z (1/Å); orange: meridional", fontsize=8)
-    ax.set_ylabel("correlation of the half sets", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.text(0.98, 0.02, f"dashed: 3 s.d. of noise ({3 * noise_sd:.2f})", color="r",
+            fontsize=7, ha="right", transform=ax.transAxes)
+    _plain_axes(ax, "layer-line height Z (1/Å); orange: meridional",
+                "correlation of the half sets")
 
 
 def class_figures(outdir: Path, results: list[Any], spectra: list[np.ndarray],
@@ -225,7 +274,7 @@ def class_figures(outdir: Path, results: list[Any], spectra: list[np.ndarray],
     pool; return ``{class: {"spectrum": file}}`` (names relative to ``outdir``)."""
     out: dict[int, dict[str, str]] = {}
     jobs = []
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
         for result, spectrum in zip(results, spectra):
             name = f"ps_class{result.k}.png"
             m = spectrum.shape[0]
