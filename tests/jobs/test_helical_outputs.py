@@ -274,3 +274,29 @@ def test_filament_mask_job_runs_and_keeps_the_lines(helical, tmp_path: Path) -> 
                <= 0.015 * target for r in lines)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["options"]["filament_width"] == 150.0
+
+
+def test_pure_noise_gives_no_agreeing_layer_line(tmp_path: Path) -> None:
+    """Segments of pure noise (with filament ids and poses like a real job): whatever peaks
+    the detector reports, the two half sets do not agree on them."""
+    import dataclasses
+
+    seg = make_helical_segments([HelixSpec("noise", 10.0, 33.5)], filaments_per_helix=8,
+                                segments_per_filament=20, noise_sigma=0.0, seed=5)
+    noise = np.random.default_rng(6).normal(0, 1, seg.images.shape).astype(np.float32)
+    job = make_helical_job(tmp_path, dataclasses.replace(seg, images=noise))
+    power_spectra(open_particles(job.particles_cs), tmp_path / "ps",
+                  SpectrumOptions(helix_radius=(25.0, 50.0)))
+    _, lines = _csv(tmp_path / "ps" / "layer_lines.csv")
+    agreement = [float(r["half_agreement"]) for r in lines]
+    assert all(a < 0.5 for a in agreement), agreement  # 3 s.d. of noise: 0.375
+    # nor along any row of the written half-set spectra (so no threshold could pass one)
+    from csplugin.engines.layer_lines import layer_line_agreement
+
+    h1, voxel = _read(tmp_path / "ps" / "ps_classes_half1.mrcs")
+    h2, _ = _read(tmp_path / "ps" / "ps_classes_half2.mrcs")
+    m = h1.shape[-1]
+    heights = np.arange(3, m // 2 - 2) / (m * voxel)
+    rows = layer_line_agreement(h1.reshape(-1, m, m)[0], h2.reshape(-1, m, m)[0], voxel,
+                                heights)
+    assert np.nanmax(rows) < 0.5 and np.nanmean(np.abs(rows)) < 0.15
