@@ -91,6 +91,8 @@ def split_image_names(names: pd.Series | np.ndarray, path: str | Path = "") -> t
         ``(n,)`` int64 1-based slice numbers and ``(n,)`` stack path strings.
     """
     names = np.asarray(names, dtype=str)
+    if names.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, dtype=str)
     parts = np.char.partition(names, "@")
     has_at = parts[:, 1] == "@"
     numbers_text = np.where(has_at, parts[:, 0], "1")

@@ -42,6 +42,22 @@ out = Console(soft_wrap=True)
 Input = Annotated[Path, typer.Argument(
     help="Particles: a cryoSPARC .cs (its J##_passthrough_particles.cs beside it is merged by "
          "uid) or a RELION .star (3.0, 3.1 or 5).", show_default=False)]
+
+
+def _positive(value: float | None) -> float | None:
+    """Typer callback: a strictly positive number (or not given), checked before any work."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value} is not > 0")
+    return value
+
+
+def _fraction(value: float) -> float:
+    """Typer callback: a fraction in [0, 0.5)."""
+    if not 0 <= value < 0.5:
+        raise typer.BadParameter(f"{value} is not in [0, 0.5)")
+    return value
+
+
 Passthrough = Annotated[Optional[Path], typer.Option(
     help="cryoSPARC passthrough .cs to merge by uid (default: J##_passthrough_particles.cs "
          "beside IN).")]
@@ -127,6 +143,15 @@ def _print_summary(summary: dict) -> None:
                                    "no: fix the stacks above (exit status 2)"))
 
 
+Voltage = Annotated[Optional[float], typer.Option(
+    min=1.0, help="kV, for a .star output whose input has no voltage (e.g. a .cs without its "
+                  "passthrough); never replaces the input's.")]
+SphericalAberration = Annotated[Optional[float], typer.Option(
+    "--cs", min=0.0, help="Spherical aberration (mm), as --voltage.")]
+AmplitudeContrast = Annotated[Optional[float], typer.Option(
+    min=0.0, max=1.0, help="Amplitude contrast (fraction), as --voltage.")]
+
+
 @app.command()
 def convert(
     file: Input,
@@ -134,13 +159,9 @@ def convert(
     passthrough: Passthrough = None,
     project_dir: ProjectDir = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
-    voltage: Annotated[float | None, typer.Option(
-        min=1.0, help="kV, for a .star output whose input has no voltage (e.g. a .cs "
-                      "without its passthrough); never replaces the input's.")] = None,
-    cs: Annotated[float | None, typer.Option(
-        "--cs", min=0.0, help="Spherical aberration (mm), as --voltage.")] = None,
-    amplitude_contrast: Annotated[float | None, typer.Option(
-        min=0.0, max=1.0, help="Amplitude contrast (fraction), as --voltage.")] = None,
+    voltage: Voltage = None,
+    cs: SphericalAberration = None,
+    amplitude_contrast: AmplitudeContrast = None,
 ) -> None:
     """Convert .cs (+passthrough) to RELION 3.1 .star, or .star to .cs, keeping 2D alignments
     (psi = degrees(pose), origins = shift), 3D alignments (alignments3D/pose rotation vector
@@ -151,8 +172,8 @@ def convert(
     from csplugin.core.particles import open_particles
     from csplugin.outputs.directory import single_file
 
-    table = open_particles(file, passthrough, project_dir)
-    with single_file(output, overwrite=overwrite):  # locked; written atomically
+    with single_file(output, overwrite=overwrite):  # checked and locked first; written atomically
+        table = open_particles(file, passthrough, project_dir)
         save_particles(table, output, voltage=voltage, cs=cs,
                        amplitude_contrast=amplitude_contrast)
     for note in notes(table, output.suffix):
@@ -169,7 +190,7 @@ Scheduler = Annotated[Optional[str], typer.Option(
     help="Run the tasks (one per output stack, class or block of psi bins) on this Dask "
          "scheduler, e.g. tcp://node12:8786 from dask-jobqueue on SLURM; workers must see the "
          "same paths. Needs csplugin[dask].")]
-Workers = Annotated[Optional[int], typer.Option(
+Workers = Annotated[Optional[int], typer.Option(min=1,
     help="Run the tasks on a local Dask cluster of N processes (needs csplugin[dask]). "
          "Default: the plain local run.")]
 
@@ -183,7 +204,10 @@ def export_aligned_cmd(
     project_dir: ProjectDir = None,
     interpolation: Interpolation = "cubic",
     float16: Annotated[bool, typer.Option("--float16", help="Write float16 (mode 12) stacks.")] = False,
-    particles_per_stack: Annotated[int, typer.Option(help="Images per output stack.")] = 10_000,
+    particles_per_stack: Annotated[int, typer.Option(min=1, help="Images per output stack.")] = 10_000,
+    voltage: Voltage = None,
+    cs: SphericalAberration = None,
+    amplitude_contrast: AmplitudeContrast = None,
     scheduler: Scheduler = None,
     workers: Workers = None,
     overwrite: Overwrite = False,
@@ -209,7 +233,8 @@ def export_aligned_cmd(
     with connect(scheduler, workers) as runner, _progress(quiet, "aligning", len(table)) as advance:
         result = export_aligned(table, outdir, interpolation=interpolation, float16=float16,
                                 particles_per_stack=particles_per_stack, overwrite=overwrite,
-                                progress=advance, runner=runner)
+                                progress=advance, runner=runner, voltage=voltage, cs=cs,
+                                amplitude_contrast=amplitude_contrast)
     err.print(f"wrote {result.particles} aligned particles in {len(result.stacks)} stack(s), "
               f"{result.star} and {result.cs}")
 
@@ -240,17 +265,28 @@ def _progress(quiet: bool, what: str, total: int) -> Iterator[Callable[[int], No
 @app.command()
 def demo(
     outdir: Annotated[Path, typer.Argument(help="Where to write the demo job and results.")] = Path("csplugin_demo"),
-    n_per_class: Annotated[int, typer.Option(help="Particles per class (3 classes).")] = 300,
-    box: Annotated[int, typer.Option(help="Box size in pixels.")] = 128,
+    n_per_class: Annotated[int, typer.Option(min=1, help="Particles per class (3 classes).")] = 300,
+    box: Annotated[int, typer.Option(min=16, max=1024, help="Box size in pixels.")] = 128,
     quiet: Quiet = False,
 ) -> None:
     """Make a small synthetic 2D-classification job with known alignments (cryoSPARC
     project + RELION .star) and run csplugin's jobs on it, checking the results against
-    the truth."""
-    from csplugin.jobs.demo import run_demo
+    the truth: each check prints PASS or FAIL with its threshold, and the command exits
+    with status 1 when any check fails."""
+    from csplugin.jobs.demo import Check, run_demo
 
+    checks: list[Check] = []
     for line in run_demo(outdir, n_per_class=n_per_class, box=box, quiet=quiet):
-        out.print(line)
+        if isinstance(line, Check):
+            checks.append(line)
+            out.print(f"  [{'green' if line.passed else 'red'}]{line}[/]", highlight=False)
+        else:
+            out.print(line, highlight=False)
+    failed = [c for c in checks if not c.passed]
+    out.print(f"demo: {len(checks) - len(failed)} of {len(checks)} checks passed"
+              + ("" if not failed else f"; FAILED: {', '.join(c.what for c in failed)}"))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("power-spectrum")
@@ -260,7 +296,7 @@ def power_spectrum_cmd(
     classes: Classes = None,
     passthrough: Passthrough = None,
     project_dir: ProjectDir = None,
-    pad: Annotated[int, typer.Option(help="FFT padding factor (1 or 2; 2 samples the "
+    pad: Annotated[int, typer.Option(min=1, max=4, help="FFT padding factor (1 or 2; 2 samples the "
                                           "spectrum finely enough to rotate it well).")] = 2,
     mask: Annotated[bool, typer.Option(help="Soft circular mask (radius 0.45 N, cosine edge "
                                             "0.05 N) against box-edge streaks.")] = True,
@@ -273,7 +309,7 @@ def power_spectrum_cmd(
                                       "instead of linear values (for viewers only: HILL "
                                       "log-scales its input itself, so give it --linear).")
                    ] = False,
-    crop_resolution: Annotated[Optional[float], typer.Option(
+    crop_resolution: Annotated[Optional[float], typer.Option(callback=_positive,
         help="Crop the spectra at this resolution (Å); the header pixel size becomes "
              "resolution/2 so the edge still reads as Nyquist.")] = None,
     suppress_detector_lines: Annotated[bool, typer.Option(
@@ -312,7 +348,8 @@ def power_spectrum_cmd(
         help="Stored class averages for the axis estimate (cryoSPARC J##_class_averages.mrc "
              "or RELION _classes.mrcs); default: rebuilt from up to 500 aligned particles "
              "per class.")] = None,
-    psi_bin: Annotated[float, typer.Option(help="Width of the psi bins (degrees).")] = 0.5,
+    psi_bin: Annotated[float, typer.Option(callback=_positive, max=180,
+                                            help="Width of the psi bins (degrees).")] = 0.5,
     scheduler: Scheduler = None,
     workers: Workers = None,
     overwrite: Overwrite = False,
@@ -403,9 +440,9 @@ def class_averages_cmd(
         help="'mean' (one streaming pass), 'median', 'sigma-rejection' or 'winsorized' "
              "(order statistics: each class is spilled once to a temporary file in OUTDIR "
              "and stacked in pixel tiles).")] = "mean",
-    sigma: Annotated[float, typer.Option(help="sigma-rejection: reject beyond this many "
+    sigma: Annotated[float, typer.Option(callback=_positive, help="sigma-rejection: reject beyond this many "
                                               "standard deviations.")] = 3.0,
-    percentile: Annotated[float, typer.Option(help="winsorized: fraction clipped at each "
+    percentile: Annotated[float, typer.Option(callback=_fraction, help="winsorized: fraction clipped at each "
                                                    "end, in [0, 0.5).")] = 0.1,
     weights: Annotated[str, typer.Option(
         help="'none' or 'posterior' (alignments2D/class_posterior, "
@@ -413,7 +450,7 @@ def class_averages_cmd(
     ctf: Annotated[str, typer.Option(
         help="'none', 'phase-flip' (multiply each aligned particle's FT by the sign of its "
              "CTF) or 'wiener' (Σ w CTF F / (Σ w CTF² + 1/SNR); mean only).")] = "none",
-    wiener_snr: Annotated[Optional[float], typer.Option(
+    wiener_snr: Annotated[Optional[float], typer.Option(callback=_positive,
         help="Per-particle SNR of the Wiener filter (default: estimated per class from the "
              "FRC of two half-sets).")] = None,
     invert_contrast: Annotated[bool, typer.Option("--invert-contrast",
@@ -429,7 +466,7 @@ def class_averages_cmd(
              "members' leave-one-out distances to their class; two extra passes), "
              "'global-variance' / 'global-snr' (descending variance / banded SNR of each "
              "average). Default: all classes in ascending class number.")] = None,
-    repulsion: Annotated[Optional[int], typer.Option(
+    repulsion: Annotated[Optional[int], typer.Option(min=0,
         help="With --select: greedy repulsion excluding each kept class's first K members "
              "(stored 2D classes are disjoint, so this removes none of them).")] = None,
     keep: Annotated[Optional[int], typer.Option(
@@ -508,22 +545,25 @@ def class_averages_cmd(
 def classify(
     file: Input,
     outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
-    n_nbor: Annotated[int, typer.Option(
+    n_nbor: Annotated[int, typer.Option(min=2,
         help="Neighbours per particle in the network, the particle itself included.")] = 10,
     n_classes: Annotated[Optional[int], typer.Option(
-        "--n-classes", help="Also partition the particles into K classes (reference-free "
+        "--n-classes", min=1, help="Also partition the particles into K classes (reference-free "
                           "2D classification of the denoised network means) and write them "
                           "with in-plane angles as particles.star / particles.cs.")] = None,
     passthrough: Passthrough = None,
     project_dir: ProjectDir = None,
-    fspca_components: Annotated[int, typer.Option(
+    fspca_components: Annotated[int, typer.Option(min=1,
         help="Most steerable-PCA components kept above the noise.")] = 400,
-    bispectrum_components: Annotated[int, typer.Option(
+    bispectrum_components: Annotated[int, typer.Option(min=1,
         help="Dimension of the invariant (bispectrum) features.")] = 150,
     diffusion: Annotated[bool, typer.Option(
         help="Rank neighbours by vector diffusion over the alignment graph (more accurate "
              "at low SNR) instead of the pairwise alignment distance.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the randomized steps.")] = 0,
+    voltage: Voltage = None,
+    cs: SphericalAberration = None,
+    amplitude_contrast: AmplitudeContrast = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
@@ -543,7 +583,9 @@ def classify(
 
     table = open_particles(file, passthrough, project_dir)
     result = classify_particles(table, outdir, n_nbor=n_nbor, n_classes=n_classes, seed=seed,
-                                overwrite=overwrite, fspca_components=fspca_components,
+                                overwrite=overwrite, voltage=voltage, cs=cs,
+                                amplitude_contrast=amplitude_contrast,
+                                fspca_components=fspca_components,
                                 bispectrum_components=bispectrum_components,
                                 diffusion=diffusion)
     if not quiet:

@@ -55,6 +55,8 @@ class ClassifyResult:
 @transaction()  # the result replaces OUTDIR's previous one on return, or nothing changes
 def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int = 10,
                        n_classes: int | None = None, seed: int = 0, overwrite: bool = False,
+                       voltage: float | None = None, cs: float | None = None,
+                       amplitude_contrast: float | None = None,
                        **options: Any) -> ClassifyResult:
     """Classify ``table`` with :class:`RIRClass2D` and write the outputs (module docstring).
 
@@ -72,13 +74,17 @@ def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int 
         Seed of every random choice (results are reproducible).
     overwrite
         Replace existing outputs.
+    voltage, cs, amplitude_contrast
+        kV, mm, fraction: for ``particles.star`` (with ``n_classes``) when the input has none;
+        never replace the input's values.
     **options
         Further :class:`RIRClass2D` parameters (e.g. ``fspca_components``).
     """
     outdir = Path(outdir)
     table.box()  # one box size, or a clear error
+    optics = {"voltage": voltage, "cs": cs, "amplitude_contrast": amplitude_contrast}
     if n_classes is not None:  # the .star/.cs will be writable (voltage, box): say so now
-        check_writable(table, ".star")
+        check_writable(table, ".star", **optics)
         check_writable(table, ".cs")
     if n_classes is not None and not 1 <= n_classes <= len(table):
         raise InputError(None, f"--n-classes {n_classes} must lie in [1, {len(table)}] (the "
@@ -114,7 +120,7 @@ def classify_particles(table: ParticleTable, outdir: str | Path, *, n_nbor: int 
                              aligned=True)  # the classification's in-plane alignment
         stacks = [Path(s) for s in classified.particles["stack"]]
         save_particles(classified.with_columns(image_path=[relion_path(s) for s in stacks]),
-                       products[2])
+                       products[2], **optics)
         save_particles(classified.with_columns(image_path=[str(s.absolute()) for s in stacks]),
                        products[3])
         summary["class_sizes"] = sizes

@@ -56,7 +56,9 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
                    float16: bool = False, particles_per_stack: int = 10_000,
                    chunk_size: int | None = None, overwrite: bool = False,
                    progress: Callable[[int], None] | None = None,
-                   runner: TaskRunner | None = None) -> ExportResult:
+                   runner: TaskRunner | None = None, voltage: float | None = None,
+                   cs: float | None = None, amplitude_contrast: float | None = None
+                   ) -> ExportResult:
     """Write the aligned particles of ``table`` and their metadata to ``outdir``.
 
     Parameters
@@ -83,6 +85,9 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
         is one task of ``runner`` (:func:`export_stack`, e.g. on a Dask cluster), with the
         same images bit for bit; the metadata is written here once every stack exists.
         If a task fails, every output stack of the run is removed.
+    voltage, cs, amplitude_contrast
+        kV, mm, fraction: for ``particles.star`` when the input has none (a ``.cs`` without
+        its passthrough); never replace the input's values.
     """
     if interpolation not in INTERPOLATIONS:
         raise InputError(None, f"unknown interpolation {interpolation!r}",
@@ -91,7 +96,8 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
         raise InputError(None, "--particles-per-stack must be at least 1", "give a positive number")
     outdir = Path(outdir)
     table.require_alignments()
-    check_writable(table, ".star")  # voltage/Cs/amplitude contrast and box known: say so now
+    optics = {"voltage": voltage, "cs": cs, "amplitude_contrast": amplitude_contrast}
+    check_writable(table, ".star", **optics)  # voltage/Cs/amplitude contrast, box: say so now
     check_writable(table, ".cs")
     stacks_in = check_stacks(table)
     pixel_size, box = table.pixel_size(), table.box()
@@ -131,7 +137,7 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
         angle=0.0, shift_x=0.0, shift_y=0.0,
         psi_prior=cv.residual_psi_prior(p["psi_prior"].to_numpy(), angles))
     save_particles(aligned.with_columns(
-        image_path=[relion_path(names[w]) for w in which]), star_path)
+        image_path=[relion_path(names[w]) for w in which]), star_path, **optics)
     save_particles(aligned.with_columns(image_path=[names[w].name for w in which]), cs_path)
     return final  # committed by @transaction on return
 

@@ -160,7 +160,8 @@ def _noise_job(root: Path, n: int, box: int, per_stack: int = 400) -> Path:
 def test_killed_workers_are_replaced_and_the_outputs_stay_whole(tmp_path: Path) -> None:
     source = _noise_job(tmp_path, n=1600, box=128)
     table = open_particles(source, project_dir=tmp_path)
-    local = export_aligned(table, tmp_path / "local", particles_per_stack=200)
+    optics = {"voltage": 300.0, "cs": 2.7, "amplitude_contrast": 0.1}  # the .cs has no ctf/
+    local = export_aligned(table, tmp_path / "local", particles_per_stack=200, **optics)
     out = tmp_path / "dask"
     with connect(workers=2) as dask_runner:
         assert dask_runner is not None
@@ -171,7 +172,7 @@ def test_killed_workers_are_replaced_and_the_outputs_stay_whole(tmp_path: Path) 
         def run() -> None:
             try:
                 outcome["result"] = export_aligned(table, out, particles_per_stack=200,
-                                                   runner=dask_runner)
+                                                   runner=dask_runner, **optics)
             except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
                 outcome["error"] = exc
 
@@ -214,7 +215,9 @@ def test_a_failed_task_raises_its_error_and_leaves_no_outputs(job: SyntheticJob,
     out = tmp_path / "out"
     with pytest.raises(InputError, match="NaN"):
         export_aligned(bad, out, particles_per_stack=10, runner=runner)
-    assert list(out.iterdir()) == []  # no stacks, no metadata, no temporary files
+    # no stacks, no metadata, no temporary files (the directory the run created is gone too)
+    assert not out.exists() or list(out.iterdir()) == []
+    assert not list(tmp_path.glob(".out.csplugin-*"))
 
 
 def test_cli_workers_option_and_connection_errors(job: SyntheticJob, tmp_path: Path,
