@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from csplugin.app.options import (
+    AmplitudeContrast,
+    Classes,
+    Input,
+    Interpolation,
+    Overwrite,
+    Passthrough,
+    ProjectDir,
+    Quiet,
+    Scheduler,
+    SphericalAberration,
+    Voltage,
+    Workers,
+    err,
+    fraction,
+    out,
+    parse_angles,
+    parse_classes,
+    parse_range,
+    positive,
+    progress_bar,
+)
 from formats import InputError
 
 app = typer.Typer(
@@ -36,53 +49,17 @@ app = typer.Typer(
         ".star files (rlnClassNumber, N@stack)."
     ),
 )
-err = Console(stderr=True)
-out = Console(soft_wrap=True)
-
-Input = Annotated[Path, typer.Argument(
-    help="Particles: a cryoSPARC .cs (its J##_passthrough_particles.cs beside it is merged by "
-         "uid) or a RELION .star (3.0, 3.1 or 5).", show_default=False)]
+#: Set by ``--debug`` (or the environment variable CSPLUGIN_DEBUG=1): unexpected errors
+#: show their traceback instead of one line.
+_DEBUG = {"on": bool(os.environ.get("CSPLUGIN_DEBUG"))}
 
 
-def _positive(value: float | None) -> float | None:
-    """Typer callback: a strictly positive number (or not given), checked before any work."""
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"{value} is not > 0")
-    return value
-
-
-def _fraction(value: float) -> float:
-    """Typer callback: a fraction in [0, 0.5)."""
-    if not 0 <= value < 0.5:
-        raise typer.BadParameter(f"{value} is not in [0, 0.5)")
-    return value
-
-
-Passthrough = Annotated[Optional[Path], typer.Option(
-    help="cryoSPARC passthrough .cs to merge by uid (default: J##_passthrough_particles.cs "
-         "beside IN).")]
-ProjectDir = Annotated[Optional[Path], typer.Option(
-    help="Directory that relative stack paths start from (default: for .cs the cryoSPARC "
-         "project directory, i.e. the parent of the job directory; for .star the current "
-         "directory, as RELION; each falls back to the file's own directory).")]
-Classes = Annotated[Optional[str], typer.Option(
-    help="Classes to use, in the input's numbering (0-based for .cs, 1-based for .star), "
-         "e.g. '0,3,5-7'. Default: all.")]
-
-
-def parse_classes(text: str | None) -> list[int] | None:
-    """Parse ``"1,3,5-7"`` into ``[1, 3, 5, 6, 7]`` (``None`` stays ``None``)."""
-    if text is None:
-        return None
-    numbers: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            numbers += range(int(first), int(last or first) + 1)
-    except ValueError:
-        raise InputError(None, f"--classes {text!r} is not a list like '0,3,5-7'",
-                         "give class numbers separated by commas, ranges with '-'") from None
-    return numbers
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the full traceback of an unexpected error (a bug: please report "
+                        "it with the traceback).")] = False) -> None:
+    """Apply the stored 2D alignments of cryoSPARC (.cs) or RELION (.star) particles."""
+    _DEBUG["on"] = _DEBUG["on"] or debug
 
 
 @app.command()
@@ -143,15 +120,6 @@ def _print_summary(summary: dict) -> None:
                                    "no: fix the stacks above (exit status 2)"))
 
 
-Voltage = Annotated[Optional[float], typer.Option(
-    min=1.0, help="kV, for a .star output whose input has no voltage (e.g. a .cs without its "
-                  "passthrough); never replaces the input's.")]
-SphericalAberration = Annotated[Optional[float], typer.Option(
-    "--cs", min=0.0, help="Spherical aberration (mm), as --voltage.")]
-AmplitudeContrast = Annotated[Optional[float], typer.Option(
-    min=0.0, max=1.0, help="Amplitude contrast (fraction), as --voltage.")]
-
-
 @app.command()
 def convert(
     file: Input,
@@ -179,20 +147,6 @@ def convert(
     for note in notes(table, output.suffix):
         err.print(f"note: {note}", markup=False, highlight=False)
     err.print(f"wrote {output}")
-
-
-Interpolation = Annotated[str, typer.Option(
-    help="'cubic': B-spline with exact prefilter (default; keeps high frequencies); "
-         "'linear': bilinear, identical to relion_stack_create --apply_transformation.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Overwrite = Annotated[bool, typer.Option(help="Replace existing outputs in OUTDIR.")]
-Scheduler = Annotated[Optional[str], typer.Option(
-    help="Run the tasks (one per output stack, class or block of psi bins) on this Dask "
-         "scheduler, e.g. tcp://node12:8786 from dask-jobqueue on SLURM; workers must see the "
-         "same paths. Needs csplugin[dask].")]
-Workers = Annotated[Optional[int], typer.Option(min=1,
-    help="Run the tasks on a local Dask cluster of N processes (needs csplugin[dask]). "
-         "Default: the plain local run.")]
 
 
 @app.command("export-aligned")
@@ -230,36 +184,13 @@ def export_aligned_cmd(
     from csplugin.jobs.export_aligned import export_aligned
 
     table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
-    with connect(scheduler, workers) as runner, _progress(quiet, "aligning", len(table)) as advance:
+    with connect(scheduler, workers) as runner, progress_bar(quiet, "aligning", len(table)) as advance:
         result = export_aligned(table, outdir, interpolation=interpolation, float16=float16,
                                 particles_per_stack=particles_per_stack, overwrite=overwrite,
                                 progress=advance, runner=runner, voltage=voltage, cs=cs,
                                 amplitude_contrast=amplitude_contrast)
     err.print(f"wrote {result.particles} aligned particles in {len(result.stacks)} stack(s), "
               f"{result.star} and {result.cs}")
-
-
-@contextlib.contextmanager
-def _progress(quiet: bool, what: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar (on stderr) advanced by the yielded callback."""
-    if quiet:
-        yield lambda _: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("particles"), TimeElapsedColumn(), TimeRemainingColumn())
-    bar = Progress(*columns, console=err)
-    task = bar.add_task(what, total=total)
-
-    def advance(k: int) -> None:  # the bar appears with the first finished chunk
-        if not bar.live.is_started:
-            bar.start()
-        bar.advance(task, k)
-
-    try:
-        yield advance
-    finally:
-        if bar.live.is_started:
-            bar.stop()
 
 
 @app.command()
@@ -309,7 +240,7 @@ def power_spectrum_cmd(
                                       "instead of linear values (for viewers only: HILL "
                                       "log-scales its input itself, so give it --linear).")
                    ] = False,
-    crop_resolution: Annotated[Optional[float], typer.Option(callback=_positive,
+    crop_resolution: Annotated[Optional[float], typer.Option(callback=positive,
         help="Crop the spectra at this resolution (Å); the header pixel size becomes "
              "resolution/2 so the edge still reads as Nyquist.")] = None,
     suppress_detector_lines: Annotated[bool, typer.Option(
@@ -348,7 +279,7 @@ def power_spectrum_cmd(
         help="Stored class averages for the axis estimate (cryoSPARC J##_class_averages.mrc "
              "or RELION _classes.mrcs); default: rebuilt from up to 500 aligned particles "
              "per class.")] = None,
-    psi_bin: Annotated[float, typer.Option(callback=_positive, max=180,
+    psi_bin: Annotated[float, typer.Option(callback=positive, max=180,
                                             help="Width of the psi bins (degrees).")] = 0.5,
     scheduler: Scheduler = None,
     workers: Workers = None,
@@ -382,7 +313,7 @@ def power_spectrum_cmd(
         raise InputError(None, "--mask-shape filament and --filament-width go together "
                          "(with --mask, width > 0)",
                          "give both, e.g. --mask-shape filament --filament-width 150")
-    radius = _parse_range(helix_radius, "--helix-radius")
+    radius = parse_range(helix_radius, "--helix-radius")
     options = SpectrumOptions(pad=pad, mask=mask, normalize=normalize,
                               quantity="power" if power else "amplitude", log=log,
                               crop_resolution=crop_resolution,
@@ -394,39 +325,15 @@ def power_spectrum_cmd(
     from csplugin.app.dask import connect
 
     table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
-    with connect(scheduler, workers) as runner, _progress(quiet, "spectra", len(table)) as advance:
+    with connect(scheduler, workers) as runner, progress_bar(quiet, "spectra", len(table)) as advance:
         result = power_spectra(table, outdir, options, class_averages=class_averages,
-                               axis_angles=_parse_angles(axis_angle), overwrite=overwrite,
+                               axis_angles=parse_angles(axis_angle), overwrite=overwrite,
                                progress=advance, runner=runner)
     counts = ", ".join(f"{k}: {c}" for k, c in result.classes.items())
     err.print(f"wrote spectra of {sum(result.classes.values()) or 'all'} particles "
               f"(classes {counts or '-'}) to {result.outdir}")
     for k, angle in result.axis_angles_deg.items():
         out.print(f"class {k}: helical axis {angle:.2f}° (from +x towards +y)", highlight=False)
-
-
-def _parse_range(text: str | None, option: str) -> tuple[float, float] | None:
-    """Parse ``"30-60"`` into ``(30.0, 60.0)`` (positive, MIN < MAX)."""
-    if text is None:
-        return None
-    try:
-        low, high = (float(x) for x in text.split("-"))
-    except ValueError:
-        raise InputError(None, f"{option} {text!r} is not MIN-MAX", f"e.g. {option} 30-60") from None
-    if not 0 < low < high:
-        raise InputError(None, f"{option} {text!r} needs 0 < MIN < MAX", f"e.g. {option} 30-60")
-    return low, high
-
-
-def _parse_angles(text: str | None) -> dict[int, float] | None:
-    """Parse ``"0:12.5,3:-40"`` into ``{0: 12.5, 3: -40.0}``."""
-    if text is None:
-        return None
-    try:
-        return {int(k): float(v) for k, v in (part.split(":") for part in text.split(","))}
-    except ValueError:
-        raise InputError(None, f"--axis-angle {text!r} is not a list like '0:12.5,3:-40'",
-                         "give class:degrees pairs separated by commas") from None
 
 
 @app.command("class-averages")
@@ -440,9 +347,9 @@ def class_averages_cmd(
         help="'mean' (one streaming pass), 'median', 'sigma-rejection' or 'winsorized' "
              "(order statistics: each class is spilled once to a temporary file in OUTDIR "
              "and stacked in pixel tiles).")] = "mean",
-    sigma: Annotated[float, typer.Option(callback=_positive, help="sigma-rejection: reject beyond this many "
+    sigma: Annotated[float, typer.Option(callback=positive, help="sigma-rejection: reject beyond this many "
                                               "standard deviations.")] = 3.0,
-    percentile: Annotated[float, typer.Option(callback=_fraction, help="winsorized: fraction clipped at each "
+    percentile: Annotated[float, typer.Option(callback=fraction, help="winsorized: fraction clipped at each "
                                                    "end, in [0, 0.5).")] = 0.1,
     weights: Annotated[str, typer.Option(
         help="'none' or 'posterior' (alignments2D/class_posterior, "
@@ -450,7 +357,7 @@ def class_averages_cmd(
     ctf: Annotated[str, typer.Option(
         help="'none', 'phase-flip' (multiply each aligned particle's FT by the sign of its "
              "CTF) or 'wiener' (Σ w CTF F / (Σ w CTF² + 1/SNR); mean only).")] = "none",
-    wiener_snr: Annotated[Optional[float], typer.Option(callback=_positive,
+    wiener_snr: Annotated[Optional[float], typer.Option(callback=positive,
         help="Per-particle SNR of the Wiener filter (default: estimated per class from the "
              "FRC of two half-sets).")] = None,
     invert_contrast: Annotated[bool, typer.Option("--invert-contrast",
@@ -503,7 +410,7 @@ def class_averages_cmd(
                                   sigma=sigma, percentile=percentile, weights=weights, ctf=ctf,
                                   wiener_snr=wiener_snr, interpolation=interpolation,
                                   spill_dir=outdir)
-        with _progress(quiet, "averaging", particles_to_average(source, keep)) as advance:
+        with progress_bar(quiet, "averaging", particles_to_average(source, keep)) as advance:
             saved = selected_class_averages(source, outdir, keep=keep, compare=compare,
                                             invert_contrast=invert_contrast,
                                             overwrite=overwrite, progress=advance)
@@ -523,7 +430,7 @@ def class_averages_cmd(
     from csplugin.app.dask import connect
 
     total = int((table.particles["class_index"] >= 0).sum())
-    with connect(scheduler, workers) as runner, _progress(quiet, "averaging", total) as advance:
+    with connect(scheduler, workers) as runner, progress_bar(quiet, "averaging", total) as advance:
         result = class_averages(
             table, outdir, stacker=stacker, sigma=sigma, percentile=percentile, weights=weights,
             ctf=ctf, wiener_snr=wiener_snr, invert_contrast=invert_contrast,
@@ -621,6 +528,21 @@ def main() -> None:
         if cause is None:
             raise
         _interrupted(cause)
+    except OSError as exc:  # the system refused a read or write the checks could not foresee
+        if _DEBUG["on"]:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[red]error:[/] {where}{exc.strerror or exc} (check the path, its "
+                  "permissions and the free space; --debug shows the traceback)",
+                  highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if _DEBUG["on"]:
+            raise
+        err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} -- a bug in csplugin; "
+                  "run again with --debug for the traceback and report it",
+                  highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
