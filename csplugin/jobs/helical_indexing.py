@@ -336,10 +336,17 @@ def helical_outputs(outdir: Path, entries: list[tuple[int, float | None, np.ndar
     data = [to_log(s) if options.log else s for s in specs]
     if specs:
         write_stack(outdir / "ps_classes.mrcs", np.stack(data).astype(np.float32), header_pixel)
-    if specs and all(h is not None for h in h1s + h2s):
+    if specs and any(h is not None for h in h1s + h2s):
+        # a class whose particles all fell in one half (one filament) gets a zero slice
         for name, hs in (("ps_classes_half1.mrcs", h1s), ("ps_classes_half2.mrcs", h2s)):
-            write_stack(outdir / name, np.stack([to_log(h) if options.log else h for h in hs])
-                        .astype(np.float32), header_pixel)
+            data_h = [np.zeros_like(s) if h is None else (to_log(h) if options.log else h)
+                      for h, s in zip(hs, specs)]
+            write_stack(outdir / name, np.stack(data_h).astype(np.float32), header_pixel)
+        for r, h1, h2 in zip(results, h1s, h2s):
+            if (h1 is None) != (h2 is None):
+                r.message = ("; ".join(x for x in (r.message, "one half set is empty (all "
+                             "particles in one filament): its slice is zero, no agreement")
+                             if x))
     if avgs and all(a is not None for a in avgs):
         write_stack(outdir / "class_averages.mrcs", np.stack(avgs).astype(np.float32),
                     pixel_size)

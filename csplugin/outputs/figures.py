@@ -38,7 +38,7 @@ def spectrum_png(path: str | Path, spectrum: np.ndarray, pixel_size: float,
     """
     from csplugin.outputs.spectrum_figures import spectrum_display
 
-    # contrast from percentiles of the signal region (DC peak left out), at most 400 px shown
+    # contrast from percentiles of the signal region (DC peak left out), at most 320 px shown
     shown, half, vmin, vmax = spectrum_display(spectrum, pixel_size, 0.5 / pixel_size)
     lo, hi = -half, half
     fig = _figure(11.5, 4.8)

@@ -7,8 +7,8 @@ meridian with 1/Å and Å values, the top candidate's predicted layer lines (fir
 order on each) | meridian, equator and radial profiles with units.
 and, with half sets, the half-set correlation along each detected layer line (4th panel).
 
-Cost: one figure per class, object API at 72 dpi, the displayed spectrum decimated to at most
-400 px, image panels without tick machinery (their scale is written on them): about 0.15-0.2 s
+Cost: one figure per class, object API at 72 dpi, the displayed images decimated to at most
+320 px, image panels without tick machinery (their scale is written on them): about 0.15-0.2 s
 a class; the classes are drawn on a small thread pool.
 """
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["class_figures", "class_png", "display_limit", "spectrum_display"]
 
 _DPI = 72
-_MAX_DISPLAY_PX = 400
+_MAX_DISPLAY_PX = 320
 _WORKERS = 1
 
 
@@ -59,6 +59,16 @@ def display_limit(lines: list[Any], nyquist: float, display_resolution: float | 
     return float(min(nyquist, max(1.15 * reach, 0.2 * nyquist)))
 
 
+def _decimate(image: np.ndarray) -> np.ndarray:
+    """Block mean down to at most ``_MAX_DISPLAY_PX`` pixels a side (a figure panel is about
+    that wide, and drawing costs by the pixel)."""
+    factor = max(1, int(math.ceil(image.shape[0] / _MAX_DISPLAY_PX)))
+    if factor == 1:
+        return image
+    k = image.shape[0] // factor
+    return image[:k * factor, :k * factor].reshape(k, factor, k, factor).mean(axis=(1, 3))
+
+
 def spectrum_display(spectrum: np.ndarray, pixel: float, limit: float
                      ) -> tuple[np.ndarray, float, float, float]:
     """The displayed part of a centred spectrum and its contrast.
@@ -67,7 +77,7 @@ def spectrum_display(spectrum: np.ndarray, pixel: float, limit: float
     -------
     shown : ndarray
         ``log10(1 + P / median)`` of the square within ``limit`` 1/Å of the centre, decimated
-        (block mean) to at most 400 px.
+        (block mean) to at most 320 px.
     half : float
         Its half-width in 1/Å (for ``extent``).
     vmin, vmax : float
@@ -79,10 +89,7 @@ def spectrum_display(spectrum: np.ndarray, pixel: float, limit: float
     step = 1.0 / (m * pixel)
     h = max(4, min(c, int(math.ceil(limit / step))))
     part = np.asarray(spectrum[c - h:c + h, c - h:c + h], dtype=np.float64)
-    factor = max(1, int(math.ceil(part.shape[0] / _MAX_DISPLAY_PX)))
-    if factor > 1:
-        k = part.shape[0] // factor
-        part = part[:k * factor, :k * factor].reshape(k, factor, k, factor).mean(axis=(1, 3))
+    part = _decimate(part)
     positive = part[part > 0]
     scale = float(np.median(positive)) if positive.size else 1.0
     shown = np.log10(1.0 + np.maximum(part, 0.0) / scale)
@@ -118,8 +125,9 @@ def class_png(path: Path, spectrum: np.ndarray, header_pixel: float, average: np
     pos = ax_avg.get_position()
     if average is not None:
         n = average.shape[0]
-        lo, hi = np.percentile(average, (0.5, 99.5))
-        ax_avg.imshow(average, cmap="gray", origin="lower", vmin=lo,
+        shown_avg = _decimate(np.asarray(average, dtype=np.float64))
+        lo, hi = np.percentile(shown_avg, (0.5, 99.5))
+        ax_avg.imshow(shown_avg, cmap="gray", origin="lower", vmin=lo,
                       vmax=hi if hi > lo else lo + 1, interpolation="nearest")
         ax_avg.text(0.02, 0.02, f"{n * pixel_size:.0f} Å box", transform=ax_avg.transAxes,
                     color="y", fontsize=7)
