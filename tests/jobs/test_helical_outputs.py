@@ -300,3 +300,17 @@ def test_pure_noise_gives_no_agreeing_layer_line(tmp_path: Path) -> None:
     rows = layer_line_agreement(h1.reshape(-1, m, m)[0], h2.reshape(-1, m, m)[0], voxel,
                                 heights)
     assert np.nanmax(rows) < 0.5 and np.nanmean(np.abs(rows)) < 0.15
+
+
+def test_runner_tasks_give_the_same_half_sets(helical, tmp_path: Path) -> None:
+    """The task path (Dask's, run serially here) splits blocks by half set the same way."""
+    from csplugin.jobs.runners import SerialRunner
+
+    _, table, _, _, _, _ = helical
+    sub = table.select_classes([2])
+    power_spectra(sub, tmp_path / "a", SpectrumOptions(index=False))
+    power_spectra(sub, tmp_path / "b", SpectrumOptions(index=False), runner=SerialRunner(),
+                  block_particles=10)
+    for name in ("ps_class2.mrc", "ps_classes_half1.mrcs", "ps_classes_half2.mrcs"):
+        a, b = _read(tmp_path / "a" / name)[0], _read(tmp_path / "b" / name)[0]
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max(), name
