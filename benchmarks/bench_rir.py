@@ -24,8 +24,9 @@ neighbour found mirrored should view from the opposite hemisphere (``v_i · v_j 
 Printed: the ``classify()`` time cold (first call in the process: builds the
 Fourier–Bessel basis and its noise covariance, loads the compiled kernels from numba's
 on-disk cache; the very first run on a machine also compiles them) and warm (best of
-``--repeats``), stage timings, and the distribution of the neighbour angles. Reference: ASPIRE 0.14.3's ``RIRClass2D`` took 7.8-10.4 s on the same
-size (2,000 × 64 px) on this machine (``/work/shared/reference/aspire.md`` §5).
+``--repeats``), stage timings, and the distribution of the neighbour angles. Reference:
+ASPIRE 0.14.3's ``RIRClass2D`` took 7.8-10.4 s on the same size (2,000 × 64 px) on this
+machine (``/work/shared/reference/aspire.md`` §5).
 
 Usage::
 

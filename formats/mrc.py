@@ -93,7 +93,8 @@ class Stack:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.n):
             bad = int(idx[(idx < 0) | (idx >= self.n)][0])
-            raise InputError(self.path, f"has {self.n} images; index {bad} (0-based) is past the end",
+            raise InputError(self.path,
+                             f"has {self.n} images; index {bad} (0-based) is past the end",
                              "check that the metadata points at the right stack")
         if out is None:
             out = np.empty((idx.size, *self.box), dtype=np.float32)

@@ -74,7 +74,8 @@ def particle_blocks(blocks: dict[str, pd.DataFrame], path: str | Path
     return particles, optics
 
 
-def split_image_names(names: pd.Series | np.ndarray, path: str | Path = "") -> tuple[np.ndarray, np.ndarray]:
+def split_image_names(names: pd.Series | np.ndarray, path: str | Path = "") -> tuple[np.ndarray,
+                                                                                     np.ndarray]:
     """Split ``N@stack`` names into 1-based slice numbers and stack paths.
 
     Parameters

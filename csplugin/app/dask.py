@@ -8,8 +8,9 @@ The jobs cut their work into independent tasks and hand them to a
 job               one task                        combined here
 ================  ==============================  ===========================================
 export-aligned    one output stack                ``particles.star``/``.cs`` written once all
-                  (:func:`~csplugin.jobs.export_aligned.        stacks exist; bit for bit the local stacks
-                  export_stack`), written by the
+                  (:func:`~csplugin.jobs.         stacks exist; bit for bit the local stacks
+                  export_aligned.export_stack`),
+                  written by the
                   worker, atomically
 power-spectrum    a block of whole psi bins of    blocks' :class:`~csplugin.engines.power_spectrum.
                   one class (:func:`~csplugin.     RotatedSums` added per class, classes

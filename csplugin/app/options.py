@@ -140,7 +140,8 @@ def parse_range(text: str | None, option: str) -> tuple[float, float] | None:
     try:
         low, high = (float(x) for x in text.split("-"))
     except ValueError:
-        raise InputError(None, f"{option} {text!r} is not MIN-MAX", f"e.g. {option} 30-60") from None
+        raise InputError(None, f"{option} {text!r} is not MIN-MAX",
+                         f"e.g. {option} 30-60") from None
     if not 0 < low < high:
         raise InputError(None, f"{option} {text!r} needs 0 < MIN < MAX", f"e.g. {option} 30-60")
     return low, high

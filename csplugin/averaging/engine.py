@@ -127,7 +127,8 @@ class AveragingPlan:
                chunk_size: int | None = None, tile_bytes: int = 32 << 20,
                spill_dir: str | Path | None = None) -> AveragingPlan:
         """A plan for ``table`` (one pixel and box size), with the default chunk size of
-        :func:`csplugin.jobs.class_averages.class_averages` and ``spill_dir`` defaulting to the system temporary directory.
+        :func:`csplugin.jobs.class_averages.class_averages` and ``spill_dir`` defaulting to
+        the system temporary directory.
         A :class:`~csplugin.engines.stackers.MeanImageStacker` becomes the streaming mean (same
         result, bounded memory)."""
         box = table.box()
@@ -180,6 +181,7 @@ def particle_weights(table: ParticleTable, weights: str) -> np.ndarray:
 
 
 def check_ctf(table: ParticleTable) -> None:
+    """Refuse (InputError) a table whose particles lack any CTF parameter a CTF mode needs."""
     p = table.particles
     for column in _CTF_REQUIRED:
         missing = ~np.isfinite(p[column].to_numpy(np.float64))
@@ -200,7 +202,8 @@ def _ctf_chunk(box: int) -> int:
     return max(1, _CTF_BYTES // (8 * box * (box // 2 + 1)))
 
 
-def average_class(table: ParticleTable, stacks: dict[str, Stack], w: np.ndarray, plan: AveragingPlan,
+def average_class(table: ParticleTable, stacks: dict[str, Stack], w: np.ndarray,
+                  plan: AveragingPlan,
                    progress: Callable[[int], None] | None) -> tuple[np.ndarray, float]:
     """One class's average ``(N, N)`` and the Wiener SNR used (NaN without Wiener)."""
     chunks = _prepared_chunks(table, stacks, plan, progress)

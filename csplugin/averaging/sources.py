@@ -173,7 +173,7 @@ class ClassAvgSource:
     @property
     def quality_scores(self) -> np.ndarray:
         """``(n,)`` the selector's scores, in output order."""
-        self.selection_indices
+        _ = self.selection_indices  # selecting sets the selector's scores
         return self.class_selector.quality_scores
 
     @property

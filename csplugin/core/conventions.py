@@ -217,10 +217,12 @@ def residual_psi_prior(psi_prior_deg: np.ndarray, angle: np.ndarray) -> np.ndarr
 
 
 def mirror_y(images: np.ndarray) -> np.ndarray:
-    """Mirror images ``(..., N, N)`` about the line ``y = 0`` (row ``N//2``): ``P_M(x, y) = P(x, -y)``.
+    """Mirror images ``(..., N, N)`` about the line ``y = 0`` (row ``N//2``):
+    ``P_M(x, y) = P(x, -y)``.
 
     Row ``N//2 + y`` takes row ``N//2 - y``; for even ``N`` row 0 (``y = -N/2``, whose mirror
-    lies outside the box) becomes 0, like the zero fill of :func:`csplugin.engines.transform.align_images`.
+    lies outside the box) becomes 0, like the zero fill of
+    :func:`csplugin.engines.transform.align_images`.
     Returns a new array of the same dtype.
     """
     images = np.asarray(images)

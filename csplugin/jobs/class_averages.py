@@ -2,8 +2,9 @@
 
 :func:`class_averages` takes a :class:`~csplugin.core.particles.ParticleTable` (select classes
 beforehand with :meth:`~csplugin.core.particles.ParticleTable.select_classes`) and, for each
-class in ascending class number, aligns its particles with :func:`csplugin.engines.transform.align_images` (the aligned image is
-``A(q) = P(R(-θ) q - s)``, see :mod:`csplugin.core.conventions`) and stacks them.
+class in ascending class number, aligns its particles with
+:func:`csplugin.engines.transform.align_images` (the aligned image is ``A(q) = P(R(-θ) q - s)``,
+see :mod:`csplugin.core.conventions`) and stacks them.
 
 The averaging itself is :func:`csplugin.averaging.engine.average_class` (stackers, weights and
 CTF modes are described there); the files written are those of
@@ -89,7 +90,8 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
     ----------
     table
         Particles with classes (``class_index >= 0``; others are ignored). Every class
-        present is averaged; select with :meth:`~csplugin.core.particles.ParticleTable.select_classes` first.
+        present is averaged; select with
+        :meth:`~csplugin.core.particles.ParticleTable.select_classes` first.
     outdir
         Output directory (created if needed); outputs listed in the module docstring.
     stacker

@@ -16,7 +16,6 @@ from csplugin.jobs.power_spectrum import SpectrumOptions, power_spectra
 from csplugin.synthetic import make_job
 from formats.mrc import open_stack
 
-
 #: Thresholds of the demo's checks (the measured values are well inside them).
 AGREEMENT_MAX = 1e-4  # .cs and .star exports, max abs difference (float32 rounding: ~1e-6)
 #: Mean of n aligned particles vs the noise-free class image: the noise alone limits the
@@ -38,7 +37,8 @@ class Check:
     passed: bool
 
     def __str__(self) -> str:
-        return f"{'PASS' if self.passed else 'FAIL'}  {self.what}: {self.value:.4g} ({self.threshold})"
+        verdict = "PASS" if self.passed else "FAIL"
+        return f"{verdict}  {self.what}: {self.value:.4g} ({self.threshold})"
 
 
 def run_demo(outdir: str | Path, n_per_class: int = 300, box: int = 128,

@@ -159,7 +159,8 @@ def test_abort_now_stops_the_job_and_leaves_no_partial_outputs(
     assert {p.name for p in out.iterdir()} == {rx.ABORTED}
 
 
-@pytest.mark.skipif(shutil.which("relion_pipeliner") is None, reason="relion_pipeliner absent (part of RELION)")
+@pytest.mark.skipif(shutil.which("relion_pipeliner") is None,
+                    reason="relion_pipeliner absent (part of RELION)")
 @pytest.mark.relion
 def test_relion_pipeliner_runs_the_job_and_downstream_relion_reads_its_nodes(
         project: Path, tmp_path: Path) -> None:

@@ -33,7 +33,8 @@ def blobs(n: int) -> np.ndarray:
     """Smooth, asymmetric, band-limited test image centred in an n x n box."""
     y, x = np.indices((n, n)) - n // 2
     img = np.zeros((n, n))
-    for (cx, cy, s, a) in [(-6, 3, 2.5, 1.0), (7, 5, 3.0, -0.7), (2, -8, 2.0, 1.5), (0, 0, 4.0, 0.5)]:
+    blobs = [(-6, 3, 2.5, 1.0), (7, 5, 3.0, -0.7), (2, -8, 2.0, 1.5), (0, 0, 4.0, 0.5)]
+    for (cx, cy, s, a) in blobs:
         img += a * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s**2))
     return img
 
@@ -53,7 +54,8 @@ def test_sign_at_low_frequency() -> None:
     full = ctf_2d(64, 1.0, CTFParams(15000.0, 15000.0, 0.0, KV, CS, Q0))
     assert full[32, 32] == pytest.approx(Q0, rel=1e-12)
     assert np.all(full[32, 33:35] > Q0)
-    assert evaluate_ctf(0.0, 0.0, CTFParams(1e4, 1e4, 0, KV, CS, Q0, phase_shift=90.0)) == pytest.approx(
+    assert evaluate_ctf(0.0, 0.0, CTFParams(1e4, 1e4, 0, KV, CS, Q0,
+                                            phase_shift=90.0)) == pytest.approx(
         np.cos(np.arcsin(Q0)))
 
 
@@ -66,7 +68,8 @@ def test_zero_crossings_at_analytic_frequencies() -> None:
     c = ks * np.pi - np.arcsin(Q0)  # γ(u) = -kπ  <=>  a s² + b s + c = 0 with s = u²
     u = np.sqrt((-b - np.sqrt(b**2 - 4 * a * c)) / (2 * a))
     beta = np.deg2rad(37.0)
-    vals = evaluate_ctf(u * np.cos(beta), u * np.sin(beta), CTFParams(defocus, defocus, 12.0, KV, CS, Q0, bfactor=50.0))
+    vals = evaluate_ctf(u * np.cos(beta), u * np.sin(beta), CTFParams(defocus, defocus, 12.0, KV,
+                                                                      CS, Q0, bfactor=50.0))
     np.testing.assert_allclose(vals, 0.0, atol=1e-9)
     # the sampled profile along +x changes sign exactly once per analytic zero
     profile = ctf_2d(box, pixel, CTFParams(defocus, defocus, 0.0, KV, CS, Q0))[box // 2, box // 2:]
@@ -89,8 +92,10 @@ def test_grid_axes_x_is_column_y_is_row() -> None:
     full = ctf_2d(box, pixel, CTFParams(du, dv, 90.0, KV, CS, Q0))  # defocus_u along +y (rows)
     r = np.arange(box // 2) / (box * pixel)
     c = box // 2
-    np.testing.assert_allclose(full[c:, c], evaluate_ctf(r, 0.0, CTFParams(du, du, 0, KV, CS, Q0)), atol=1e-12)
-    np.testing.assert_allclose(full[c, c:], evaluate_ctf(r, 0.0, CTFParams(dv, dv, 0, KV, CS, Q0)), atol=1e-12)
+    np.testing.assert_allclose(full[c:, c], evaluate_ctf(r, 0.0, CTFParams(du, du, 0, KV, CS, Q0)),
+                               atol=1e-12)
+    np.testing.assert_allclose(full[c, c:], evaluate_ctf(r, 0.0, CTFParams(dv, dv, 0, KV, CS, Q0)),
+                               atol=1e-12)
 
 
 @pytest.mark.parametrize("box", [63, 64])
@@ -114,10 +119,12 @@ def test_batched_equals_per_particle_and_rotation_adds_to_angle() -> None:
     dv = du - np.array([500.0, 2000.0, 0.0])
     ang = np.array([0.0, 45.0, 170.0])
     rot = np.array([10.0, -30.0, 200.0])
-    batch = ctf_2d(48, 1.0, CTFParams(du, dv, ang, KV, CS, Q0, bfactor=[0.0, 40.0, 80.0]), rotation_deg=rot, rfft=True)
+    batch = ctf_2d(48, 1.0, CTFParams(du, dv, ang, KV, CS, Q0, bfactor=[0.0, 40.0, 80.0]),
+                   rotation_deg=rot, rfft=True)
     assert batch.shape == (3, 48, 25)
     for i in range(3):
-        one = ctf_2d(48, 1.0, CTFParams(du[i], dv[i], ang[i] + rot[i], KV, CS, Q0, bfactor=40.0 * i), rfft=True)
+        one = ctf_2d(48, 1.0, CTFParams(du[i], dv[i], ang[i] + rot[i], KV, CS, Q0,
+                                        bfactor=40.0 * i), rfft=True)
         np.testing.assert_allclose(batch[i], one, atol=1e-12)
 
 
@@ -156,7 +163,8 @@ def test_rotating_filtered_image_equals_filtering_rotated_image_with_angle_plus_
 def test_phase_flip(box: int) -> None:
     rng = np.random.default_rng(3)
     images = rng.normal(size=(3, box, box))
-    ctfs = ctf_2d(box, 1.5, CTFParams([9000.0, 14000.0, 20000.0], [7000.0, 14000.0, 16000.0], [10.0, 0.0, 123.0], KV, CS, Q0), rfft=True)
+    ctfs = ctf_2d(box, 1.5, CTFParams([9000.0, 14000.0, 20000.0], [7000.0, 14000.0, 16000.0],
+                                      [10.0, 0.0, 123.0], KV, CS, Q0), rfft=True)
     once = phase_flip(images, ctfs)
     twice = phase_flip(once, ctfs)
     spec, spec_once, spec_twice = (np.fft.rfft2(a) for a in (images, once, twice))
@@ -188,7 +196,8 @@ def test_wiener_several_defoci_recovers_image(premultiplied: bool) -> None:
     img = blobs(box)
     rng = np.random.default_rng(4)
     du = rng.uniform(8000, 25000, n)
-    ctfs = ctf_2d(box, 2.0, CTFParams(du, du - rng.uniform(0, 2000, n), rng.uniform(0, 180, n), KV, CS, Q0), rfft=True)
+    ctfs = ctf_2d(box, 2.0, CTFParams(du, du - rng.uniform(0, 2000, n), rng.uniform(0, 180, n), KV,
+                                      CS, Q0), rfft=True)
     images = apply_ctf(np.broadcast_to(img, (n, box, box)), ctfs**2 if premultiplied else ctfs)
     weights = rng.uniform(0.5, 2.0, n)
     acc = WienerAccumulator(box)

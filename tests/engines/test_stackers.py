@@ -50,9 +50,11 @@ def test_mean_matches_np_average(stack: np.ndarray, int_weights: np.ndarray) -> 
 
 
 def test_median_matches_np_median(stack: np.ndarray) -> None:
-    np.testing.assert_array_equal(MedianImageStacker()(stack), np.median(stack.astype(np.float64), axis=0))
+    np.testing.assert_array_equal(MedianImageStacker()(stack), np.median(stack.astype(np.float64),
+                                                                         axis=0))
     even = stack[:36]
-    np.testing.assert_array_equal(MedianImageStacker()(even), np.median(even.astype(np.float64), axis=0))
+    np.testing.assert_array_equal(MedianImageStacker()(even), np.median(even.astype(np.float64),
+                                                                        axis=0))
 
 
 def test_weighted_median_uniform_weights_is_np_median(stack: np.ndarray) -> None:
@@ -114,9 +116,11 @@ def test_sigma_rejection_never_empties_a_pixel() -> None:
 
 
 @pytest.mark.parametrize("stacker", ALL_STACKERS, ids=lambda s: type(s).__name__)
-def test_integer_weights_equal_repetition(stacker, stack: np.ndarray, int_weights: np.ndarray) -> None:
+def test_integer_weights_equal_repetition(stacker, stack: np.ndarray,
+                                          int_weights: np.ndarray) -> None:
     repeated = np.repeat(stack, int_weights.astype(int), axis=0)
-    np.testing.assert_allclose(stacker(stack, int_weights), stacker(repeated), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(stacker(stack, int_weights), stacker(repeated), rtol=1e-10,
+                               atol=1e-12)
 
 
 @pytest.mark.parametrize("stacker", ALL_STACKERS, ids=lambda s: type(s).__name__)

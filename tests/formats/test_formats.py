@@ -41,9 +41,11 @@ def test_exported_2d_cs_converts_to_relion_fields(real: Path) -> None:
     np.testing.assert_allclose(p["rlnOriginXAngst"], raw["alignments2D/shift"][:, 0] * psize)
     np.testing.assert_allclose(p["rlnOriginYAngst"], raw["alignments2D/shift"][:, 1] * psize)
     np.testing.assert_array_equal(p["rlnClassNumber"], raw["alignments2D/class"] + 1)
-    assert p["rlnImageName"].iloc[0] == "000001@J1/imported/000090334788266266069_18jam15b_0345_ali_DW.mrcs"
+    assert p["rlnImageName"].iloc[0] == ("000001@J1/imported/"
+                                         "000090334788266266069_18jam15b_0345_ali_DW.mrcs")
     assert p["rlnImageName"].iloc[21].startswith("000022@J1/")
-    np.testing.assert_allclose(p["rlnDefocusAngle"], np.rad2deg(raw["ctf/df_angle_rad"].astype(float)))
+    np.testing.assert_allclose(p["rlnDefocusAngle"],
+                               np.rad2deg(raw["ctf/df_angle_rad"].astype(float)))
     assert optics["rlnImagePixelSize"].iloc[0] == pytest.approx(1.345, abs=1e-6)
     assert optics["rlnImageSize"].iloc[0] == 300
 
@@ -79,7 +81,8 @@ def test_relion30_pixel_origins_and_six_optics_groups(real: Path) -> None:
     expected = by_group.loc[raw["particles"]["rlnOpticsGroup"]].to_numpy()
     np.testing.assert_allclose(groups.particles["pixel_size"], expected)
     origin_A = raw["particles"][["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()
-    np.testing.assert_allclose(groups.particles[["shift_x", "shift_y"]], origin_A / expected[:, None])
+    np.testing.assert_allclose(groups.particles[["shift_x", "shift_y"]], origin_A / expected[:,
+                                                                                             None])
     with pytest.raises(InputError, match="mixes pixel sizes"):
         groups.pixel_size()
 
@@ -90,7 +93,8 @@ def test_relion31_images_and_classes(real: Path) -> None:
     np.testing.assert_array_equal(table.class_numbers(), raw["rlnClassNumber"])
     np.testing.assert_array_equal(table.particles["class_index"], raw["rlnClassNumber"] - 1)
     images = read_chunk(table, np.arange(5), check_stacks(table))
-    with pytest.warns(RuntimeWarning), mrcfile.open(real / "cryodrgn/relion31.mrcs", permissive=True) as mrc:
+    with pytest.warns(RuntimeWarning), mrcfile.open(real / "cryodrgn/relion31.mrcs",
+                                                    permissive=True) as mrc:
         np.testing.assert_array_equal(images, mrc.data)
 
 
@@ -182,7 +186,8 @@ def test_passthrough_is_merged_by_uid_not_order(job) -> None:
 
 
 def test_image_names_any_digit_width() -> None:
-    numbers, stacks = split_image_names(np.array(["1@a.mrcs", "00000012@b/c.mrcs", "000003@d.mrcs"]))
+    numbers, stacks = split_image_names(np.array(["1@a.mrcs", "00000012@b/c.mrcs",
+                                                  "000003@d.mrcs"]))
     assert numbers.tolist() == [1, 12, 3]
     assert stacks.tolist() == ["a.mrcs", "b/c.mrcs", "d.mrcs"]
     with pytest.raises(InputError, match="1-based"):
@@ -223,7 +228,8 @@ def test_bad_files_raise_input_errors(real: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="pickled"):
         read_cs(pickled)
     truncated = tmp_path / "t.cs"
-    truncated.write_bytes((real / "cryodrgn/cryosparc_J2_particles_exported.cs").read_bytes()[:3000])
+    exported = real / "cryodrgn/cryosparc_J2_particles_exported.cs"
+    truncated.write_bytes(exported.read_bytes()[:3000])
     with pytest.raises(InputError, match="t.cs"):
         read_cs(truncated)
     short = tmp_path / "short.mrcs"
@@ -245,6 +251,7 @@ def test_star_optics_groups_survive_writing(real: Path, tmp_path: Path) -> None:
     original, back = read_star(source), read_star(tmp_path / "p.star")
     np.testing.assert_array_equal(original["particles"]["rlnOpticsGroup"],
                                   back["particles"]["rlnOpticsGroup"])
-    assert original["optics"]["rlnOpticsGroupName"].tolist() == back["optics"]["rlnOpticsGroupName"].tolist()
+    names = "rlnOpticsGroupName"
+    assert original["optics"][names].tolist() == back["optics"][names].tolist()
     np.testing.assert_allclose(open_particles(tmp_path / "p.star").particles["pixel_size"],
                                open_particles(source).particles["pixel_size"])

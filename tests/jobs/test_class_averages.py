@@ -277,7 +277,8 @@ def test_premultiplied_particles(ctf_data, tmp_path: Path) -> None:
     """Premultiplied data carry CTF² (≥ 0): Wiener uses them as its numerator, phase-flip
     leaves them as they are."""
     table, truth, _ = ctf_data
-    ctfs = ctf_2d(table.box(), table.pixel_size(), CTFParams(*(table.particles[c].to_numpy() for c in (
+    ctfs = ctf_2d(table.box(), table.pixel_size(),
+                  CTFParams(*(table.particles[c].to_numpy() for c in (
         "defocus_u", "defocus_v", "defocus_angle")), 300.0, 2.7, 0.1), rfft=True)
     n = table.box()
     premultiplied = _rewrite(

@@ -69,7 +69,8 @@ def test_written_metadata_consumes_alignment_and_keeps_the_rest(job, tmp_path: P
 
 
 def test_class_selection_uses_the_inputs_numbering(job, tmp_path: Path) -> None:
-    from_cs = export_aligned(open_particles(job.particles_cs).select_classes([0, 2]), tmp_path / "c")
+    from_cs = export_aligned(open_particles(job.particles_cs).select_classes([0, 2]),
+                             tmp_path / "c")
     from_star = export_aligned(open_particles(job.particles_star).select_classes([1, 3]),
                                tmp_path / "s")
     np.testing.assert_allclose(_stack(from_cs), _stack(from_star), atol=1e-6)

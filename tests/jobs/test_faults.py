@@ -228,7 +228,8 @@ def small_filesystem(where: Path, size: str) -> Iterator[Path]:
                           capture_output=True, text=True)
     if done.returncode:
         pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'not root'}); "
-                    "the disk-full path is covered by tests/outputs/test_directory.py with a simulated ENOSPC")
+                    "the disk-full path is covered by tests/outputs/test_directory.py with a "
+                    "simulated ENOSPC")
     try:
         yield where
     finally:

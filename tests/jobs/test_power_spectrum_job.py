@@ -30,7 +30,8 @@ def test_outputs_headers_and_pooling(job, tmp_path: Path) -> None:
     pooled, voxel = _read(tmp_path / "ps_all.mrc")
     assert pooled.shape == (2 * job.box, 2 * job.box) and voxel == pytest.approx(job.pixel_size)
     # pooled = particle-weighted mean of the class spectra (axis "class": no extra rotation)
-    np.testing.assert_allclose(pooled, sum(spectra.values()) / 3, rtol=2e-3, atol=1e-3 * pooled.max())
+    np.testing.assert_allclose(pooled, sum(spectra.values()) / 3, rtol=2e-3,
+                               atol=1e-3 * pooled.max())
     centre = job.box  # M // 2 with M = 2 * box
     inner = pooled[1:, 1:]  # Friedel symmetry about the zero frequency at (M//2, M//2)
     np.testing.assert_allclose(inner, inner[::-1, ::-1], rtol=1e-3, atol=1e-4 * pooled.max())
@@ -45,7 +46,8 @@ def test_outputs_headers_and_pooling(job, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("axis", ["vertical", "horizontal"])
-def test_helical_axis_orientation_puts_the_meridian_where_asked(job, tmp_path: Path, axis: str) -> None:
+def test_helical_axis_orientation_puts_the_meridian_where_asked(job, tmp_path: Path,
+                                                                axis: str) -> None:
     """Class 0 is a helix along x with subunit rise box/16 px: its meridional reflection sits
     at 1/rise on the meridian, which must be the column (vertical) or the row (horizontal)."""
     table = open_particles(job.particles_cs).select_classes([0])
