@@ -157,8 +157,10 @@ def export_aligned_cmd(
     passthrough: Passthrough = None,
     project_dir: ProjectDir = None,
     interpolation: Interpolation = "cubic",
-    float16: Annotated[bool, typer.Option("--float16", help="Write float16 (mode 12) stacks.")] = False,
-    particles_per_stack: Annotated[int, typer.Option(min=1, help="Images per output stack.")] = 10_000,
+    float16: Annotated[bool, typer.Option("--float16",
+                                          help="Write float16 (mode 12) stacks.")] = False,
+    particles_per_stack: Annotated[int, typer.Option(min=1,
+                                                     help="Images per output stack.")] = 10_000,
     voltage: Voltage = None,
     cs: SphericalAberration = None,
     amplitude_contrast: AmplitudeContrast = None,
@@ -184,7 +186,8 @@ def export_aligned_cmd(
     from csplugin.jobs.export_aligned import export_aligned
 
     table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
-    with connect(scheduler, workers) as runner, progress_bar(quiet, "aligning", len(table)) as advance:
+    with connect(scheduler, workers) as runner, progress_bar(quiet, "aligning",
+                                                             len(table)) as advance:
         result = export_aligned(table, outdir, interpolation=interpolation, float16=float16,
                                 particles_per_stack=particles_per_stack, overwrite=overwrite,
                                 progress=advance, runner=runner, voltage=voltage, cs=cs,
@@ -195,7 +198,8 @@ def export_aligned_cmd(
 
 @app.command()
 def demo(
-    outdir: Annotated[Path, typer.Argument(help="Where to write the demo job and results.")] = Path("csplugin_demo"),
+    outdir: Annotated[Path, typer.Argument(
+        help="Where to write the demo job and results.")] = Path("csplugin_demo"),
     n_per_class: Annotated[int, typer.Option(min=1, help="Particles per class (3 classes).")] = 300,
     box: Annotated[int, typer.Option(min=16, max=1024, help="Box size in pixels.")] = 128,
     quiet: Quiet = False,
@@ -327,7 +331,8 @@ def power_spectrum_cmd(
     from csplugin.app.dask import connect
 
     table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
-    with connect(scheduler, workers) as runner, progress_bar(quiet, "spectra", len(table)) as advance:
+    with connect(scheduler, workers) as runner, progress_bar(quiet, "spectra",
+                                                             len(table)) as advance:
         result = power_spectra(table, outdir, options, class_averages=class_averages,
                                axis_angles=parse_angles(axis_angle), overwrite=overwrite,
                                progress=advance, runner=runner)
@@ -349,9 +354,11 @@ def class_averages_cmd(
         help="'mean' (one streaming pass), 'median', 'sigma-rejection' or 'winsorized' "
              "(order statistics: each class is spilled once to a temporary file in OUTDIR "
              "and stacked in pixel tiles).")] = "mean",
-    sigma: Annotated[float, typer.Option(callback=positive, help="sigma-rejection: reject beyond this many "
+    sigma: Annotated[float, typer.Option(callback=positive,
+                                         help="sigma-rejection: reject beyond this many "
                                               "standard deviations.")] = 3.0,
-    percentile: Annotated[float, typer.Option(callback=fraction, help="winsorized: fraction clipped at each "
+    percentile: Annotated[float, typer.Option(callback=fraction,
+                                              help="winsorized: fraction clipped at each "
                                                    "end, in [0, 0.5).")] = 0.1,
     weights: Annotated[str, typer.Option(
         help="'none' or 'posterior' (alignments2D/class_posterior, "
