@@ -239,27 +239,13 @@ def write_cs(path: str | Path, data: np.ndarray) -> None:
         np.save(f, data, allow_pickle=False)
 
 
-def decode(column: np.ndarray, path: str | Path | None = None, field: str = "") -> np.ndarray:
+def decode(column: np.ndarray) -> np.ndarray:
     """Decode a fixed-length bytes column ``(n,)`` to a numpy unicode array ``(n,)``.
 
-    Raises
-    ------
-    InputError
-        Bytes that are not UTF-8 (naming ``path``, ``field`` and the first bad row).
+    Raises ``UnicodeDecodeError`` for bytes that are not UTF-8: the caller names the row
+    (:mod:`csplugin.core.particles` does, with its uid).
     """
-    if column.dtype.kind != "S":
-        return column.astype(str)
-    try:
-        return np.char.decode(column, "utf-8")
-    except UnicodeDecodeError:
-        for row, value in enumerate(column):
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InputError(path, f"has {field or 'a text field'} in row {row} that is not "
-                                 f"UTF-8 text: {value[:60]!r}", "re-export the file from "
-                                 "cryoSPARC (the field is damaged)") from None
-        raise
+    return np.char.decode(column, "utf-8") if column.dtype.kind == "S" else column.astype(str)
 
 
 def encode(strings: np.ndarray | list[str]) -> np.ndarray:

@@ -5,6 +5,8 @@ two markers: ``relion`` (skipped, with the reason, where RELION's binaries are a
 from __future__ import annotations
 
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,29 @@ def real() -> Path:
 def job(tmp_path_factory: pytest.TempPathFactory) -> SyntheticJob:
     """A noise-free synthetic 2D job: 3 classes x 40 particles, box 64, 2 stacks."""
     return make_job(tmp_path_factory.mktemp("job"), n_per_class=40, box=64, noise_sigma=0.0)
+
+
+#: ``run_cli(*args) -> (exit status, stdout, stderr)`` of ``csplugin ARGS`` run in this process.
+RunCli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
+    """Run ``csplugin ARGS`` in this process through its real entry point (``main``, with its
+    error handling): returns (exit status, stdout, stderr)."""
+    from csplugin.app import cli
+
+    def run(*args: str) -> tuple[int, str, str]:
+        argv, sys.argv = sys.argv, ["csplugin", *args]
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        finally:
+            sys.argv = argv
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import csv
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import RunCli
 
 from csplugin.core.particles import open_particles
 from csplugin.jobs.export_aligned import export_aligned
@@ -48,21 +48,6 @@ def _expected() -> dict[str, dict[str, str]]:
 EXPECTED = _expected()
 FILES = sorted(str(p.relative_to(REAL)) for p in REAL.rglob("*") if p.suffix in DATA_SUFFIXES)
 
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run ``csplugin ARGS`` in this process: (exit status, stdout, stderr)."""
-    from csplugin.app import cli
-
-    argv, sys.argv = sys.argv, ["csplugin", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _check(outcome: str, code: int, out: str, err: str) -> None:
@@ -89,18 +74,18 @@ def _cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_info(name: str, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = run_cli(capsys, "info", str(REAL / name))
+def test_info(name: str, run_cli: RunCli) -> None:
+    code, out, err = run_cli("info", str(REAL / name))
     _check(EXPECTED[name]["info"], code, out, err)
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_convert_both_ways(name: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_convert_both_ways(name: str, tmp_path: Path, run_cli: RunCli) -> None:
     expected = EXPECTED[name]["convert"]
     source = REAL / name
     other = ".star" if source.suffix == ".cs" else ".cs"
     there = tmp_path / f"converted{other}"
-    code, out, err = run_cli(capsys, "convert", str(source), "-o", str(there))
+    code, out, err = run_cli("convert", str(source), "-o", str(there))
     if expected == "-":  # not particle metadata: refused as info describes it
         reason = EXPECTED[name]["info"].partition(":")[2]
         _check(f"2:{reason}", code, out, err)
@@ -110,7 +95,7 @@ def test_convert_both_ways(name: str, tmp_path: Path, capsys: pytest.CaptureFixt
         assert not there.exists()
         return
     back = tmp_path / f"back{source.suffix}"
-    code, out, err = run_cli(capsys, "convert", str(there), "-o", str(back))
+    code, out, err = run_cli("convert", str(there), "-o", str(back))
     _check("ok", code, out, err)
     _same_particles(open_particles(source), open_particles(back, project_dir=source.parent))
 

@@ -7,11 +7,11 @@ made from those files in tmp_path (a changed header value, a damaged line), neve
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import RunCli
 
 from csplugin.core import particles as particles_module
 from csplugin.core.identify import NotParticles
@@ -47,21 +47,6 @@ NOT_PARTICLES = [
 ]
 
 
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run ``csplugin ARGS`` in this process: (exit status, stdout, stderr)."""
-    from csplugin.app import cli
-
-    argv, sys.argv = sys.argv, ["csplugin", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
 
 def assert_one_line(code: int, err: str, text: str) -> None:
     assert code == 2, err
@@ -90,17 +75,17 @@ def test_tomography_files_are_refused_before_their_stacks_are_looked_for(
 @pytest.mark.parametrize("command", ["convert", "export-aligned", "power-spectrum",
                                      "class-averages", "classify"])
 def test_every_command_refuses_subtomograms_in_one_line(real: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture,
+                                                        run_cli: RunCli,
                                                         command: str) -> None:
     out = tmp_path / ("out.cs" if command == "convert" else "out")
-    code, _, err = run_cli(capsys, command, str(real / TOMOGRAPHY[0][0]), "-o", str(out))
+    code, _, err = run_cli(command, str(real / TOMOGRAPHY[0][0]), "-o", str(out))
     assert_one_line(code, err, SCOPE)
     assert not out.exists() or not any(out.iterdir())
 
 
 def test_info_describes_a_subtomogram_file_and_exits_2(real: Path,
-                                                       capsys: pytest.CaptureFixture) -> None:
-    code, out, err = run_cli(capsys, "info", str(real / "cylindra/Class3D_run_it025_data.star"))
+                                                       run_cli: RunCli) -> None:
+    code, out, err = run_cli("info", str(real / "cylindra/Class3D_run_it025_data.star"))
     assert code == 2 and not err
     assert "RELION 5 subtomogram particles" in out and SCOPE in out
     assert "data_particles: 10 rows" in out  # what the file holds, not a one-line refusal
@@ -149,11 +134,11 @@ def test_mtf_table_is_named(real: Path, tmp_path: Path) -> None:
 
 
 def test_real_git_lfs_pointer_is_named(real: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture) -> None:
+                                       run_cli: RunCli) -> None:
     """cryosparc-tools' tests/data/job096_run_data.star is stored in Git LFS: a clone without
     `git lfs pull` holds this 133-byte pointer instead of the 12 MB star."""
     pointer = real / "cryosparc-tools/job096_run_data.star"
-    code, _, err = run_cli(capsys, "convert", str(pointer), "-o", str(tmp_path / "o.cs"))
+    code, _, err = run_cli("convert", str(pointer), "-o", str(tmp_path / "o.cs"))
     assert_one_line(code, err, "is a Git LFS pointer; its 12,352,156 bytes were never downloaded "
                                "(run `git lfs pull`")
     assert not (tmp_path / "o.cs").exists()
@@ -169,11 +154,11 @@ def test_git_lfs_pointer_is_named_for_every_input_kind(real: Path, tmp_path: Pat
 
 
 def test_git_lfs_pointer_stack_is_named_by_info(real: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+                                                run_cli: RunCli) -> None:
     shutil.copy(real / "cryodrgn/empiar_10076_7.star", tmp_path)
     (tmp_path / "empiar_10076_7.mrc").write_text(
         "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 2868224\n")
-    code, out, _ = run_cli(capsys, "info", str(tmp_path / "empiar_10076_7.star"),
+    code, out, _ = run_cli("info", str(tmp_path / "empiar_10076_7.star"),
                            "--project-dir", str(tmp_path))
     assert code == 2 and "Git LFS pointer" in out
 
@@ -223,7 +208,7 @@ def test_particle_in_an_unlisted_optics_group_is_named(real: Path, tmp_path: Pat
 
 # ------------------------------------------------------------------ header values on trust
 def test_no_pixel_size_anywhere_is_refused_naming_the_field(real: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture
+                                                            run_cli: RunCli
                                                             ) -> None:
     """empiar_10076_7.mrc (a cryoCAT tilt stack) has header voxel size 0; a star without
     rlnMagnification/rlnDetectorPixelSize then gives no pixel size at all."""
@@ -235,19 +220,19 @@ def test_no_pixel_size_anywhere_is_refused_naming_the_field(real: Path, tmp_path
     assert "rlnImagePixelSize" in message and "rlnDetectorPixelSize" in message
     for command in ("convert", "export-aligned"):
         out = tmp_path / ("o.cs" if command == "convert" else "o")
-        code, _, err = run_cli(capsys, command, str(star), "-o", str(out),
+        code, _, err = run_cli(command, str(star), "-o", str(out),
                                "--project-dir", str(tmp_path))
         assert_one_line(code, err, "has no pixel size")
         assert not out.exists()
 
 
 def test_pixel_size_zero_is_refused_not_turned_into_nan_shifts(real: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture
+                                                               run_cli: RunCli
                                                                ) -> None:
     text = (real / "cryodrgn/relion31.star").read_text()
     star = tmp_path / "pix0.star"
     star.write_text(text.replace("300.000000     2.806000", "300.000000     0.000000"))
-    code, _, err = run_cli(capsys, "convert", str(star), "-o", str(tmp_path / "o.cs"))
+    code, _, err = run_cli("convert", str(star), "-o", str(tmp_path / "o.cs"))
     assert_one_line(code, err, "has pixel size 0 (rlnImagePixelSize in data_optics)")
     assert "RuntimeWarning" not in err and not (tmp_path / "o.cs").exists()
 
@@ -292,9 +277,9 @@ def test_infinite_cs_shift_is_refused_at_open(real: Path, tmp_path: Path) -> Non
 
 
 def test_non_numeric_value_names_label_and_line(real: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+                                                run_cli: RunCli) -> None:
     star = _edit_particle_value(real, tmp_path, row=1, label_index=14, value="12.5x")
-    code, _, err = run_cli(capsys, "convert", str(star), "-o", str(tmp_path / "o.cs"))
+    code, _, err = run_cli("convert", str(star), "-o", str(tmp_path / "o.cs"))
     assert_one_line(code, err, "particle 2 (line 51, 000002@relion31.mrcs): rlnAnglePsi is "
                                "'12.5x', not a number")
 
@@ -317,14 +302,14 @@ def test_values_that_would_turn_into_garbage_are_refused_at_open(
 
 
 def test_garbage_line_is_named_not_blamed_on_the_pixel_size(real: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture
+                                                            run_cli: RunCli
                                                             ) -> None:
     lines = (real / "cryodrgn/relion31.star").read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if "000001@" in line)
     lines.insert(first + 1, "garbage here")
     star = tmp_path / "garbage.star"
     star.write_text("\n".join(lines) + "\n")
-    code, _, err = run_cli(capsys, "info", str(star))
+    code, _, err = run_cli("info", str(star))
     assert_one_line(code, err, f"line {first + 2} has 2 values but data_particles has 26 labels")
     assert "pixel size" not in err
 
@@ -406,14 +391,14 @@ def test_model_file_is_named(real: Path, tmp_path: Path) -> None:
         open_particles(model)
 
 
-def test_image_stack_given_as_metadata_is_named(real: Path, capsys: pytest.CaptureFixture
+def test_image_stack_given_as_metadata_is_named(real: Path, run_cli: RunCli
                                                 ) -> None:
-    code, out, _ = run_cli(capsys, "info", str(real / "cryodrgn/relion31.mrcs"))
+    code, out, _ = run_cli("info", str(real / "cryodrgn/relion31.mrcs"))
     assert code == 2 and "an MRC image stack (5 sections of 256x256 px)" in out
 
 
 def test_volume_named_without_slice_is_refused(real: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+                                               run_cli: RunCli) -> None:
     """A name without N@ is the whole file, which RELION reads as one 3D volume when it has
     several sections; slice 1 must not be taken for the particle."""
     text = (real / "cryodrgn/relion31.star").read_text()
@@ -422,9 +407,9 @@ def test_volume_named_without_slice_is_refused(real: Path, tmp_path: Path,
     star = tmp_path / "volumes.star"
     star.write_text(text)
     shutil.copy(real / "cryodrgn/relion31.mrcs", tmp_path)
-    code, out, _ = run_cli(capsys, "info", str(star), "--project-dir", str(tmp_path))
+    code, out, _ = run_cli("info", str(star), "--project-dir", str(tmp_path))
     assert code == 2 and "3D volume" in out
-    code, _, err = run_cli(capsys, "export-aligned", str(star), "--project-dir", str(tmp_path),
+    code, _, err = run_cli("export-aligned", str(star), "--project-dir", str(tmp_path),
                            "-o", str(tmp_path / "out"))
     assert_one_line(code, err, "one 3D volume (as RELION reads it)")
 

@@ -6,29 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import RunCli
 
 from csplugin.jobs.info import inspect
-
-
-def run_cli(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """Run ``csplugin ARGS`` in this process: (exit status, stdout, stderr)."""
-    from csplugin.app import cli
-
-    argv, sys.argv = sys.argv, ["csplugin", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
@@ -44,15 +28,15 @@ def project(real: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     return tmp_path
 
 
-def test_good_file_is_ready_exit_0(project: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = run_cli(capsys, "info", str(project / "particles.star"))
+def test_good_file_is_ready_exit_0(project: Path, run_cli: RunCli) -> None:
+    code, out, err = run_cli("info", str(project / "particles.star"))
     assert code == 0, err
     assert "4 referenced, 4 readable, 0 with problems" in out
     assert "ready          yes" in out
 
 
 def test_every_problem_is_listed_and_exit_is_2(project: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
+                                               run_cli: RunCli) -> None:
     (project / "a.mrcs").unlink()                                   # missing
     data = (project / "b.mrcs").read_bytes()
     (project / "b.mrcs").write_bytes(data[:-1000])                  # truncated
@@ -62,7 +46,7 @@ def test_every_problem_is_listed_and_exit_is_2(project: Path,
     text = (project / "particles.star").read_text()                  # index past the end
     (project / "particles.star").write_text(text.replace("000005@d.mrcs", "000009@d.mrcs"))
 
-    code, out, err = run_cli(capsys, "info", str(project / "particles.star"))
+    code, out, err = run_cli("info", str(project / "particles.star"))
     assert code == 2 and not err
     assert "4 referenced, 0 readable, 4 with problems" in out
     assert "missing:" in out and "a.mrcs: not found" in out
@@ -85,9 +69,9 @@ def test_box_mismatch_is_listed(project: Path) -> None:
         "message"]
 
 
-def test_json_lists_problems_for_scripts(project: Path, capsys: pytest.CaptureFixture) -> None:
+def test_json_lists_problems_for_scripts(project: Path, run_cli: RunCli) -> None:
     (project / "d.mrcs").unlink()
-    code, out, _ = run_cli(capsys, "info", "--json", str(project / "particles.star"))
+    code, out, _ = run_cli("info", "--json", str(project / "particles.star"))
     summary = json.loads(out)
     assert code == 2 and summary["ok"] is False
     assert summary["stack_problems"] == [{"stack": str(project / "d.mrcs"), "kind": "missing",
@@ -103,28 +87,28 @@ def test_compressed_stack_is_listed_as_such(project: Path) -> None:
     assert problem["kind"] == "unreadable" and "gzip-compressed" in problem["message"]
 
 
-def test_a_job_refuses_what_info_lists(project: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_job_refuses_what_info_lists(project: Path, run_cli: RunCli) -> None:
     """info and the jobs apply the same checks: what info lists, a job refuses in one line."""
     data = (project / "b.mrcs").read_bytes()
     (project / "b.mrcs").write_bytes(data[:-1000])
-    code, out, _ = run_cli(capsys, "info", str(project / "particles.star"))
+    code, out, _ = run_cli("info", str(project / "particles.star"))
     assert code == 2 and "b.mrcs: is truncated" in out
-    code, _, err = run_cli(capsys, "export-aligned", str(project / "particles.star"),
+    code, _, err = run_cli("export-aligned", str(project / "particles.star"),
                            "-o", str(project / "out"))
     assert code == 2 and "b.mrcs: is truncated" in err and "Traceback" not in err
 
 
 def test_tomography_file_is_described_not_refused(real: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
-    code, out, err = run_cli(capsys, "info", str(real / "cryodrgn/sta_testing_bin8.star"))
+                                                  run_cli: RunCli) -> None:
+    code, out, err = run_cli("info", str(real / "cryodrgn/sta_testing_bin8.star"))
     assert code == 2 and not err
     assert "Warp/M particle series (6 particles" in out
     assert "csplugin handles 2D single-particle images only" in out
     assert "data_: " in out and " rows; rlnMagnification" in out  # the block it holds
 
 
-def test_tomography_json(real: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = run_cli(capsys, "info", "--json",
+def test_tomography_json(real: Path, run_cli: RunCli) -> None:
+    code, out, _ = run_cli("info", "--json",
                            str(real / "cylindra/Refine3D_run_it050_data.star"))
     summary = json.loads(out)
     assert code == 2 and summary["tomography"] is True and summary["ok"] is False
