@@ -16,6 +16,7 @@ from csplugin.app.options import (
     Classes,
     Input,
     Interpolation,
+    OutDir,
     Overwrite,
     Passthrough,
     ProjectDir,
@@ -152,7 +153,7 @@ def convert(
 @app.command("export-aligned")
 def export_aligned_cmd(
     file: Input,
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    outdir: OutDir,
     classes: Classes = None,
     passthrough: Passthrough = None,
     project_dir: ProjectDir = None,
@@ -227,7 +228,7 @@ def demo(
 @app.command("power-spectrum")
 def power_spectrum_cmd(
     file: Input,
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    outdir: OutDir,
     classes: Classes = None,
     passthrough: Passthrough = None,
     project_dir: ProjectDir = None,
@@ -346,7 +347,7 @@ def power_spectrum_cmd(
 @app.command("class-averages")
 def class_averages_cmd(
     file: Input,
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    outdir: OutDir,
     classes: Classes = None,
     passthrough: Passthrough = None,
     project_dir: ProjectDir = None,
@@ -460,7 +461,7 @@ def class_averages_cmd(
 @app.command()
 def classify(
     file: Input,
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", help="Output directory.")],
+    outdir: OutDir,
     n_nbor: Annotated[int, typer.Option(min=2,
         help="Neighbours per particle in the network, the particle itself included.")] = 10,
     n_classes: Annotated[Optional[int], typer.Option(

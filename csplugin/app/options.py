@@ -44,6 +44,11 @@ def fraction(value: float) -> float:
     return value
 
 
+OutDir = Annotated[Path, typer.Option(
+    "-o", "--outdir", help="Output directory (created; locked while the job runs; the result "
+                           "appears in it whole, see README 'Output directories').")]
+
+
 Passthrough = Annotated[Optional[Path], typer.Option(
     help="cryoSPARC passthrough .cs to merge by uid (default: J##_passthrough_particles.cs "
          "beside IN).")]
