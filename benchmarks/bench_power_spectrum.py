@@ -1,4 +1,5 @@
-"""Throughput of :class:`csplugin.engines.power_spectrum.PowerSpectrumAccumulator` (images/s), not a test.
+"""Throughput of :class:`csplugin.engines.power_spectrum.PowerSpectrumAccumulator` (images/s),
+not a test.
 
 Run: ``python benchmarks/bench_power_spectrum.py [--count 4000] [--box 256] [--relion]``.
 ``--relion`` also times ``relion_image_handler --avg_ampl2_ali`` (single-threaded) on the

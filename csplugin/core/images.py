@@ -9,8 +9,9 @@ works on the current one. Memory is bounded by two chunks whatever the particle 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from csplugin.core.threads import threads
 from formats import InputError
 from formats.mrc import Stack, open_stack
 
@@ -208,7 +210,8 @@ def iter_chunks(table: ParticleTable, chunk_size: int | None = None,
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(rows, images)`` over the table in order, ``images`` ``(k, N, N)`` float32.
 
-    ``rows`` are table positions ``(k,)``; the next chunk is read while the caller works.
+    ``rows`` are table positions ``(k,)``; the next chunks are read (:func:`reader_threads`
+    at once, in order) while the caller works.
     ``chunk_size`` defaults to :func:`chunk_size_for` the table's box. With ``segment``, no
     chunk crosses a multiple of ``segment`` (e.g. the boundary between output stacks).
     """
@@ -223,16 +226,28 @@ def iter_chunks(table: ParticleTable, chunk_size: int | None = None,
     bounds = [(start, min(start + chunk_size, first + segment, len(table)))
               for first in range(0, len(table), segment)
               for start in range(first, min(first + segment, len(table)), chunk_size)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
+    readers = reader_threads()
+    with ThreadPoolExecutor(max_workers=readers) as pool:
+        pending: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
         for start, stop in bounds:
             rows = np.arange(start, stop)
-            future = pool.submit(_read, stack_col[rows], index_col[rows], stacks, box)
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = (rows, future)
-        if pending is not None:
-            yield pending[0], pending[1].result()
+            pending.append((rows, pool.submit(_read, stack_col[rows], index_col[rows], stacks,
+                                              box)))
+            if len(pending) > readers:  # `readers` chunks in flight ahead of the caller
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
+def reader_threads() -> int:
+    """Chunks read at once: one per 4 compute threads (:func:`csplugin.core.threads.threads`),
+    1 to 4. Reading (a copy out of the page cache, conversion, NaN check) costs about a
+    quarter of the per-image maths of the lightest job, so on 2 cores one reader overlaps
+    with the kernels without taking a core from them, and on 16 four keep them fed. Each
+    reader holds one chunk (:data:`CHUNK_BYTES`)."""
+    return max(1, min(4, threads() // 4))
 
 
 class ParticleImages:

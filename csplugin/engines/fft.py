@@ -39,7 +39,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
-from numpy.typing import NDArray
+from numpy.typing import NDArray  # noqa: E402
+
+from csplugin.core.threads import threads  # noqa: E402
 
 __all__ = [
     "MEASURE_FROM",
@@ -69,19 +71,6 @@ _lock = threading.RLock()
 _state: dict[str, Any] = {"pyfftw": None, "failed": False, "wisdom_loaded": False}
 _plans: OrderedDict[tuple, PaddedRFFT2] = OrderedDict()
 _MAX_PLANS = 16
-
-
-def threads() -> int:
-    """Threads for FFTs and kernels: ``CSPLUGIN_THREADS``, else ``NUMBA_NUM_THREADS``, else
-    the cores this process may use."""
-    for name in ("CSPLUGIN_THREADS", "NUMBA_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def cache_dir() -> Path:
