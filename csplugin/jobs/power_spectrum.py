@@ -17,14 +17,20 @@ of all selected particles is the sum of the class accumulators. Outputs in ``OUT
                                meridian, equator and radial profiles
 ``*_profiles.csv``             those profiles vs 1/Å
 ``summary.json``               classes, particle counts, axis angles, options, pixel size
+(helical outputs)              ``ps_classes.mrcs``, half sets, ``class_averages.mrcs``,
+                               layer lines, candidates, ``index.html``:
+                               :mod:`csplugin.jobs.helical_indexing`
 =============================  ==========================================================
 
-Orientation (``axis``): ``"class"`` keeps the 2D-classification frame; ``"vertical"`` (HILL,
-Bsoft) and ``"horizontal"`` (RELION display) turn each class so that its helical axis lies
-that way. The axis of a class is taken from ``axis_angles`` when given, else from the stored
-class average (``class_averages``: slice = 0-based class index, as in cryoSPARC's
-``J##_class_averages.mrc`` and RELION's ``_classes.mrcs``), else from an average rebuilt from
-up to ``AXIS_PARTICLES`` aligned particles of the class; in each case by
+Orientation (``axis``): ``"vertical"`` (default; HILL, PyHI, SPRING) and ``"horizontal"``
+(RELION display, denovo3D) turn each class so that its helical axis lies that way;
+``"class"`` keeps the 2D-classification frame. The axis of a class is taken from
+``axis_angles`` when given, else from the stored class average (``class_averages``: slice =
+0-based class index, as in cryoSPARC's ``J##_class_averages.mrc`` and RELION's
+``_classes.mrcs``), else from the average rebuilt in the same pass from the class's aligned
+particles (all, or ``helical_indexing.AVERAGE_PARTICLES`` spread over the class; with a
+``runner``, the first ``AXIS_PARTICLES``), which is also written, turned and centred like the
+spectrum, to ``class_averages.mrcs``; in each case by
 :func:`csplugin.engines.filament.filament_axis_angle` (the normal of the strongest central line
 of the average's power spectrum, its equator: robust for oblique, thin or wide filaments and
 noisy averages).
@@ -228,10 +234,11 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
         subset = table.take(np.isin(numbers, group)) if group != [None] else table
         accs = {k: _accumulator(box, options) for k in group}  # half 1 with half sets
         seconds = {k: _accumulator(box, options) for k in group} if options.half_sets else {}
-        rebuilt: dict[int, tuple[np.ndarray, int]] = {}  # every particle: class_averages.mrcs
+        rebuilt: dict[int, tuple[np.ndarray, int]] = {}  # class_averages.mrcs and the axis
         sub_numbers = subset.class_numbers()
         sub_halves = halves[np.isin(numbers, group)] if group != [None] else halves
         masker = helical.filament_masker(subset, stacks, group, given, stored, options)
+        chosen = helical.average_rows(sub_numbers)  # the particles of class_averages.mrcs
         for chunk_rows, images in iter_chunks(subset, stacks=stacks):
             angles = subset.particles["angle"].to_numpy()[chunk_rows]
             owners = (np.searchsorted(group, sub_numbers[chunk_rows]) if group != [None]
@@ -241,8 +248,10 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
             add_spectra(list(accs.values()) + list(seconds.values()),  # one FFT per particle
                         masker(images, chunk_rows) if masker else images, angles, owners)
             for k in accs:
-                mine = sub_numbers[chunk_rows] == k if k is not None else slice(None)
-                if k is not None and np.any(mine):
+                if k is None:
+                    continue
+                mine = (sub_numbers[chunk_rows] == k) & chosen[chunk_rows]
+                if np.any(mine):
                     _rebuild(rebuilt, k, images[mine], subset, chunk_rows[mine], None)
             if progress is not None:
                 progress(len(chunk_rows))
