@@ -29,6 +29,7 @@ from csplugin.synthetic.helices import (
     make_helical_job,
     make_helical_segments,
 )
+from formats import InputError
 
 AXES = [30.0, 90.0, 120.0, 10.0, 75.0]  # in-plane axis of each class in the class frame
 
@@ -314,3 +315,37 @@ def test_runner_tasks_give_the_same_half_sets(helical, tmp_path: Path) -> None:
     for name in ("ps_class2.mrc", "ps_classes_half1.mrcs", "ps_classes_half2.mrcs"):
         a, b = _read(tmp_path / "a" / name)[0], _read(tmp_path / "b" / name)[0]
         assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max(), name
+
+
+def test_class_frame_spectra_are_indexed_after_turning(helical, tmp_path: Path) -> None:
+    """With --axis class the spectrum stays oblique (axis 30° here); the indexing turns it
+    vertical first and still finds the meridional reflection at 1/rise."""
+    _, table, _, _, _, truth = helical
+    power_spectra(table.select_classes([0]), tmp_path, SpectrumOptions(axis="class",
+                                                                       half_sets=False))
+    _, lines = _csv(tmp_path / "layer_lines.csv")
+    target = 1 / truth["0"]["rise"]
+    assert any(r["meridional"] == "true" and abs(float(r["height_inv_A"]) - target)
+               <= 0.015 * target for r in lines), lines
+    averages, _ = _read(tmp_path / "class_averages.mrcs")  # class frame kept, centred
+    angle = math.degrees(filament_axis_angle(averages.reshape(-1, 128, 128)[0]))
+    assert abs(angle - AXES[0]) < 1.0
+
+
+def test_cli_prints_axis_per_class_and_checks_the_mask_options(helical, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from csplugin.app.cli import app
+
+    job, *_ = helical
+    run = ["power-spectrum", str(job.particles_cs), "--classes", "3", "--quiet",
+           "--no-half-sets", "--helix-radius", "30-65"]
+    ok = CliRunner().invoke(app, [*run, "-o", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    assert "class 3: helical axis 10." in ok.output or "class 3: helical axis 9.9" in ok.output
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["indexing"]["3"]["helix_radius_A"] == [30.0, 65.0]
+    bad = CliRunner().invoke(app, [*run, "-o", str(tmp_path / "b"), "--mask-shape", "filament"])
+    # refused before any work (the entry point turns InputError into exit status 2)
+    assert isinstance(bad.exception, InputError) and "--filament-width" in str(bad.exception)
+    assert not (tmp_path / "b").exists()
