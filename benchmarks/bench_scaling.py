@@ -117,7 +117,7 @@ def clean(out: Path) -> None:
 
 
 def run_jobs(cs: Path, star: Path, out: Path, data: Path, thread_counts: list[int], n: int,
-             repeats: int) -> dict[str, dict[int, float]]:
+             repeats: int, only: list[str] | None = None) -> dict[str, dict[int, float]]:
     """Part 1: print one row per command and thread count; return the best walls."""
     walls: dict[str, dict[int, float]] = {}
     print(f"{'job':<36} {'T':>3} {'wall s':>7} {'cpu s':>7} {'img/s':>8} {'peak MB':>8} "
@@ -125,6 +125,8 @@ def run_jobs(cs: Path, star: Path, out: Path, data: Path, thread_counts: list[in
     todo = [(name, cmd, t) for name, cmd in commands(cs, star, out).items()
             for t in thread_counts]
     todo += [(name, cmd, 1) for name, cmd in relion_commands(star, out).items()]
+    if only:
+        todo = [job for job in todo if any(word in job[0] for word in only)]
     for name, command, t in todo:
         best = None
         for _ in range(repeats):
@@ -283,11 +285,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/dev/shm/csplugin_bench_out"))
     parser.add_argument("--skip-jobs", action="store_true")
     parser.add_argument("--skip-stages", action="store_true")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="time only the jobs whose name contains one of these words")
     args = parser.parse_args()
     print(f"machine: {machine()}; {args.n} particles of {args.box}^2; outputs in {args.out}")
     cs, star = make_dataset(args.root, args.n, args.box)
     if not args.skip_jobs:
-        run_jobs(cs, star, args.out, cs.parent, sorted(args.threads), args.n, args.repeats)
+        run_jobs(cs, star, args.out, cs.parent, sorted(args.threads), args.n, args.repeats,
+                 args.only)
     if not args.skip_stages:
         run_stages(cs, args.out, sorted(args.threads), max(args.repeats, 3))
 
