@@ -119,7 +119,8 @@ class SpectrumResult:
 
 
 @transaction()  # the result replaces OUTDIR's previous one on return, or nothing changes
-def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOptions = SpectrumOptions(),
+def power_spectra(table: ParticleTable, outdir: str | Path,
+                  options: SpectrumOptions = SpectrumOptions(),
                   *, class_averages: str | Path | None = None,
                   axis_angles: dict[int, float] | None = None, overwrite: bool = False,
                   memory_budget: int = 192 << 20,
@@ -160,7 +161,8 @@ def power_spectra(table: ParticleTable, outdir: str | Path, options: SpectrumOpt
     pixel_size, box = table.pixel_size(), table.box()
     if options.crop_resolution is not None and options.crop_resolution < 2 * pixel_size:
         raise InputError(None, f"--crop-resolution {options.crop_resolution} Å is finer than "
-                         f"Nyquist ({2 * pixel_size:.3f} Å)", "give a resolution of at least 2 x pixel size")
+                         f"Nyquist ({2 * pixel_size:.3f} Å)",
+                         "give a resolution of at least 2 x pixel size")
     numbers = table.class_numbers()
     has_classes = (table.particles["class_index"] >= 0).all()
     labels = np.unique(numbers) if has_classes else np.array([], np.int64)
