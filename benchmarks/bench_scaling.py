@@ -199,12 +199,12 @@ for pad in (1, 2):
     stage(f"FFT pad {pad} (execute)", transform, max(1, n_loop // 512) * 512)
     accs = [PowerSpectrumAccumulator(box, pad=pad) for _ in range(3)]
     spectra = plan.output
-    bins = np.arange(plan.batch) * 7 % accs[0].n_bins
     slots = np.arange(plan.batch)
-    def accumulate(timed=False, spectra=spectra, accs=accs, bins=bins, slots=slots):
+    def accumulate(timed=False, spectra=spectra, accs=accs, slots=slots):
         reps = n_loop // plan.batch if timed else 1
+        rng = np.random.default_rng(0)  # random bins, as real angles: memory-bound
         for r in range(reps):
-            fft.accumulate_power(spectra, slots, (bins + r) % accs[0].n_bins,
+            fft.accumulate_power(spectra, slots, rng.integers(0, accs[0].n_bins, len(slots)),
                                  accs[r % 3]._sums)
     stage(f"|F|^2 into psi bins, pad {pad}", accumulate, n_loop)
     for a in accs:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import sys
 import threading
 import warnings
 from collections import OrderedDict
@@ -97,13 +98,22 @@ def _pyfftw():
             _fallback("CSPLUGIN_NO_PYFFTW is set")
         return None
     if _state["pyfftw"] is None:
+        # pyfftw's package import also loads its dask and scipy.fftpack interfaces (0.5 s of
+        # a job's start-up); hide those two while it loads (they are not used here, and
+        # a later ``import dask`` is unaffected), take scipy_fft when first needed (_call)
+        hidden = [name for name in ("dask", "scipy.fftpack") if name not in sys.modules]
+        for name in hidden:
+            sys.modules[name] = None  # type: ignore[assignment]
         try:
             import pyfftw
             import pyfftw.interfaces.cache
-            import pyfftw.interfaces.scipy_fft  # noqa: F401
         except Exception as exc:  # ImportError, or a broken FFTW build
             _fallback(f"{type(exc).__name__}: {exc}")
             return None
+        finally:
+            for name in hidden:
+                if name in sys.modules and sys.modules[name] is None:
+                    del sys.modules[name]
         pyfftw.interfaces.cache.enable()
         pyfftw.interfaces.cache.set_keepalive_time(30.0)
         _state["pyfftw"] = pyfftw
@@ -295,6 +305,8 @@ def _call(name: str, x: np.ndarray, expected: int, **kwargs) -> np.ndarray:
     pyfftw = _pyfftw()
     if pyfftw is not None:
         try:
+            import pyfftw.interfaces.scipy_fft
+
             fn = getattr(pyfftw.interfaces.scipy_fft, name)
             return fn(x, workers=threads(), planner_effort=_effort(expected), **kwargs)
         except Exception as exc:  # planning failed for this layout
