@@ -26,7 +26,8 @@ from csplugin.engines.power_spectrum import (
 from csplugin.engines.transform import align_images
 
 # Conditioning off: RELION --avg_ampl2_ali semantics.
-RAW: dict[str, Any] = {"pad": 1, "mask": False, "normalize": False, "suppress_detector_lines": False}
+RAW: dict[str, Any] = {"pad": 1, "mask": False, "normalize": False,
+                       "suppress_detector_lines": False}
 
 
 def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
