@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from csplugin.app.options import (
     AmplitudeContrast,
     Classes,
     Input,
     Interpolation,
+    OneLineUsage,
     OutDir,
     Overwrite,
     Passthrough,
@@ -38,6 +40,7 @@ from formats import InputError
 
 app = typer.Typer(
     name="csplugin",
+    cls=OneLineUsage,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -82,11 +85,11 @@ def info(
     if as_json:
         out.print_json(json.dumps(summary))
     elif "what" in summary:
-        out.print(f"[bold]{summary['file']}[/]")
-        out.print(f"is             {summary['what']}")
+        out.print(f"[bold]{escape(str(summary['file']))}[/]")
+        out.print(f"is             {summary['what']}", markup=False, highlight=False)
         for line in summary["details"]:
             out.print(f"  {line}", markup=False, highlight=False)
-        out.print(f"usable         no: {summary['why']}")
+        out.print(f"usable         no: {summary['why']}", markup=False, highlight=False)
         out.print(f"instead        {summary['advice']}", markup=False, highlight=False)
     else:
         _print_summary(summary)
@@ -96,7 +99,7 @@ def info(
 
 def _print_summary(summary: dict) -> None:
     """The text form of ``csplugin info`` for a particle file."""
-    out.print(f"[bold]{summary['file']}[/] ({summary['format']})")
+    out.print(f"[bold]{escape(str(summary['file']))}[/] ({summary['format']})")
     out.print(f"particles      {summary['particles']}")
     classes = summary["classes"]
     listing = ", ".join(f"{k}: {c}" for k, c in classes.items()) if classes else "none"
@@ -147,7 +150,7 @@ def convert(
                        amplitude_contrast=amplitude_contrast)
     for note in notes(table, output.suffix):
         err.print(f"note: {note}", markup=False, highlight=False)
-    err.print(f"wrote {output}")
+    err.print(f"wrote {output}", markup=False)
 
 
 @app.command("export-aligned")
@@ -194,7 +197,7 @@ def export_aligned_cmd(
                                 progress=advance, runner=runner, voltage=voltage, cs=cs,
                                 amplitude_contrast=amplitude_contrast)
     err.print(f"wrote {result.particles} aligned particles in {len(result.stacks)} stack(s), "
-              f"{result.star} and {result.cs}")
+              f"{result.star} and {result.cs}", markup=False)
 
 
 @app.command()
@@ -339,7 +342,7 @@ def power_spectrum_cmd(
                                progress=advance, runner=runner)
     counts = ", ".join(f"{k}: {c}" for k, c in result.classes.items())
     err.print(f"wrote spectra of {sum(result.classes.values()) or 'all'} particles "
-              f"(classes {counts or '-'}) to {result.outdir}")
+              f"(classes {counts or '-'}) to {result.outdir}", markup=False)
     for k, angle in result.axis_angles_deg.items():
         out.print(f"class {k}: helical axis {angle:.2f}° (from +x towards +y)", highlight=False)
 
@@ -433,7 +436,7 @@ def class_averages_cmd(
             out.print(f"{rank:>4}  {number:>5}  {count:>9}  {score:.4g}")
         err.print(f"wrote {len(saved.rows)} of {source.n} selected class averages "
                   f"({select}): {saved.mrcs}, {saved.cs.name}, {saved.star.name}, "
-                  f"{saved.png.name}")
+                  f"{saved.png.name}", markup=False)
         return
     if repulsion is not None or keep is not None:
         raise InputError(None, "--repulsion and --keep rank classes", "add --select")
@@ -455,7 +458,8 @@ def class_averages_cmd(
             out.print(f"{row[0]:>5}  {row[2]:>9}  {row[3]:>11.4f}")
     err.print(f"wrote {len(result.classes)} class averages of {int(result.counts.sum())} "
               f"particles: {result.mrcs}, {result.cs.name}, {result.star.name}, "
-              f"{result.png.name}" + (f", {result.compare_csv.name}" if result.compare_csv else ""))
+              f"{result.png.name}" + (f", {result.compare_csv.name}" if result.compare_csv else ""),
+              markup=False)
 
 
 @app.command()
@@ -517,7 +521,7 @@ def classify(
         sizes = result.class_sizes
         err.print(f"{len(sizes)} classes of {min(sizes)} to {max(sizes)} particles")
         written += [result.star.name, result.cs.name]  # type: ignore[union-attr]
-    err.print(f"wrote {', '.join(written)} to {outdir}")
+    err.print(f"wrote {', '.join(written)} to {outdir}", markup=False)
 
 
 def main() -> None:
@@ -529,7 +533,7 @@ def main() -> None:
         with interrupt_handlers(final=True):
             app()
     except InputError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt as exc:
         _interrupted(exc)
@@ -541,16 +545,16 @@ def main() -> None:
     except OSError as exc:  # the system refused a read or write the checks could not foresee
         if _DEBUG["on"]:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        err.print(f"[red]error:[/] {where}{exc.strerror or exc} (check the path, its "
+        where = escape(f"{exc.filename}: " if exc.filename else "")
+        err.print(f"[red]error:[/] {where}{escape(str(exc.strerror or exc))} (check the path, its "
                   "permissions and the free space; --debug shows the traceback)",
                   highlight=False, soft_wrap=True)
         sys.exit(2)
     except Exception as exc:  # a bug: one line, the traceback on request
         if _DEBUG["on"]:
             raise
-        err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} -- a bug in csplugin; "
-                  "run again with --debug for the traceback and report it",
+        err.print(f"[red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} -- a bug "
+                  "in csplugin; run again with --debug for the traceback and report it",
                   highlight=False, soft_wrap=True)
         sys.exit(1)
 
@@ -573,6 +577,6 @@ def _interrupted(exc: KeyboardInterrupt) -> None:
     term = isinstance(exc, Terminated)
     what = last_outcome() or "nothing written"
     with contextlib.suppress(Exception):
-        err.print(f"interrupted ({'SIGTERM' if term else 'Ctrl-C'}): {what}", highlight=False,
-                  soft_wrap=True)
+        err.print(f"interrupted ({'SIGTERM' if term else 'Ctrl-C'}): {what}", markup=False,
+                  highlight=False, soft_wrap=True)
     sys.exit(143 if term else 130)

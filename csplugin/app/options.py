@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -21,8 +22,31 @@ from rich.progress import (
 
 from formats import InputError
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # a message is one line, whatever the width
 out = Console(soft_wrap=True)
+
+
+#: Click's usage error, and the one of the copy of Click that recent Typer versions vendor.
+try:
+    from typer._click.exceptions import UsageError as _VendoredUsageError
+except ImportError:  # a Typer that uses Click itself
+    _VendoredUsageError = click.UsageError
+_USAGE_ERRORS = tuple({click.UsageError, _VendoredUsageError})
+
+
+class OneLineUsage(typer.core.TyperGroup):
+    """The command group whose sub-commands' usage errors (an option out of range, a missing
+    argument, an unknown command) are one :class:`InputError` line with exit 2, not Click's
+    multi-line usage box."""
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201 (Click's own signature)
+        try:
+            return super().invoke(ctx)
+        except _USAGE_ERRORS as exc:
+            sub = getattr(exc, "ctx", None)
+            command = sub.command_path if sub is not None else "csplugin"
+            raise InputError(None, f"{command}: {exc.format_message()}",
+                             f"see '{command} --help'") from None
 
 
 Input = Annotated[Path, typer.Argument(
