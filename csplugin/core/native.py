@@ -96,6 +96,12 @@ def notes(table: ParticleTable, suffix: str) -> list[str]:
                    "alignment (rlnAnglePsi, origins); alignments3D is not written")
     if suffix == ".star" and table.kind == "cs" and p["voltage"].isna().all():
         out.append(_no_ctf_reason(table))
+    if suffix == ".star" and table.kind == "cs":
+        base = _names_base_elsewhere(p)
+        if base is not None:
+            out.append(f"image names kept as the .cs gives them, relative to {base} (the "
+                       "cryoSPARC project directory), not to the current directory: run RELION "
+                       "(and csplugin on this .star) from there, or pass --project-dir")
     if suffix == ".star" and p["image_path"].str.endswith(".mrc").any():
         out.append("stacks named .mrc (as cryoSPARC writes them): RELION 3.1 reads stacks only "
                    "as .mrcs, so link them (ln -s x.mrc x.mrcs) and rename in the .star, or "
@@ -109,6 +115,18 @@ def notes(table: ParticleTable, suffix: str) -> list[str]:
         out.append("rlnAnglePsiPrior not written: without rlnHelicalTubeID it is not a "
                    "filament pose")
     return out
+
+
+def _names_base_elsewhere(p: pd.DataFrame) -> Path | None:
+    """The directory the relative image names start from, when that is not the current
+    directory (a ``.cs`` names stacks from its cryoSPARC project directory); else ``None``."""
+    for name, stack in p[["image_path", "stack"]].drop_duplicates().itertuples(index=False):
+        name, stack = Path(str(name)), Path(str(stack))
+        if name.is_absolute() or (Path.cwd() / name).is_file() or not stack.is_file():
+            continue
+        if stack.parts[-len(name.parts):] == name.parts:
+            return Path(*stack.parts[:-len(name.parts)])
+    return None
 
 
 def _no_ctf_reason(table: ParticleTable) -> str:

@@ -316,7 +316,10 @@ def check_box_320(ws: Path, _: Outcome) -> str | None:
     return None if np.all(shape == 320) else f"blob/shape {shape[0]}"
 
 
-def check_star_readable(name: str) -> Callable[[Path, Outcome], str | None]:
+def check_star_readable(name: str, run_from: str = ""
+                        ) -> Callable[[Path, Outcome], str | None]:
+    """The written ``.star`` holds the 90 particles for csplugin's reader and starfile, and
+    RELION run from ``ws/run_from`` reads it and every image it names."""
     def check(ws: Path, _: Outcome) -> str | None:
         import starfile
         path = ws / name
@@ -325,15 +328,27 @@ def check_star_readable(name: str) -> Callable[[Path, Outcome], str | None]:
         theirs = theirs["particles"] if isinstance(theirs, dict) else theirs
         if len(ours) != 90 or len(theirs) != 90:
             return f"read back {len(ours)} / {len(theirs)} particles, expected 90"
-        if shutil.which("relion_star_handler"):
-            import subprocess
-            done = subprocess.run(["relion_star_handler", "--i", str(path), "--o",
-                                   str(ws / "relion_check.star")], capture_output=True, text=True)
-            (ws / "relion_check.star").unlink(missing_ok=True)
-            if done.returncode != 0:
-                return f"relion_star_handler: {done.stderr.strip()[-200:]}"
-        return None
+        return _relion_reads(ws / run_from, path.absolute(), True)
     return check
+
+
+def _relion_reads(ws: Path, path: Path, images: bool) -> str | None:
+    """RELION 3.1 (where installed) reads ``path`` (relion_star_handler) and, with
+    ``images``, every image it names (relion_stack_create, run from ``ws``)."""
+    import subprocess
+    if not shutil.which("relion_star_handler"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(["relion_star_handler", "--i", str(path), "--o",
+                               f"{tmp}/check.star"], capture_output=True, text=True, cwd=ws)
+        if done.returncode != 0:
+            return f"relion_star_handler: {done.stderr.strip()[-200:]}"
+        if images and shutil.which("relion_stack_create"):
+            done = subprocess.run(["relion_stack_create", "--i", str(path), "--o",
+                                   f"{tmp}/check"], capture_output=True, text=True, cwd=ws)
+            if done.returncode != 0 or not Path(f"{tmp}/check.mrcs").is_file():
+                return f"relion_stack_create: {(done.stderr + done.stdout).strip()[-200:]}"
+    return None
 
 
 def check_export_equals(reference_argv: list[str], ref_dir: str, new_dir: str = "out",
@@ -343,6 +358,11 @@ def check_export_equals(reference_argv: list[str], ref_dir: str, new_dir: str = 
         shutil.rmtree(ws / ref_dir, ignore_errors=True)
         return problem
     return check
+
+
+def check_from_project(ws: Path, _: Outcome) -> str | None:
+    """RELION run from the project directory (as the note says) reads every image."""
+    return _relion_reads(ws / "project", (ws / "conv.star").absolute(), True)
 
 
 def check_roundtrip_groups(ws: Path, _: Outcome) -> str | None:
@@ -556,6 +576,17 @@ def _non_square(src: Path, dst: Path) -> None:
     dst.write_bytes(bytes(head) + ext + np.ascontiguousarray(data).tobytes())
 
 
+def _bz2(src: Path, dst: Path) -> None:
+    import bz2
+    dst.write_bytes(bz2.compress(src.read_bytes(), compresslevel=1))
+
+
+def _voxel0(src: Path, dst: Path) -> None:
+    head, ext, body = _mrc(src)
+    head[40:52] = np.zeros(3, "<f4").tobytes()  # cella 0: voxel size 0
+    dst.write_bytes(bytes(head) + ext + body)
+
+
 def _gzip(src: Path, dst: Path) -> None:
     dst.write_bytes(gzip.compress(src.read_bytes(), compresslevel=1))
 
@@ -761,11 +792,20 @@ TRIALS: list[Trial] = [
     Trial("15.2g", "stack with a 2048-byte extended header = plain export",
           _variant(_extended, "ext.mrcs"), 0,
           check=SAME_AS_ORIGINAL, real=RELION31),
+    Trial("15.2f2", "bzip2-compressed stack under its .mrcs name", _variant(_bz2), 2, "compress",
+          real=RELION31),
+    Trial("15.2i", "header voxel size 0, pixel size in the star: export = original",
+          _variant(_voxel0, "v0.mrcs"), 0, check=SAME_AS_ORIGINAL, real=RELION31),
+    Trial("15.2j", "info on the big-endian stack's star", lambda ws: [
+        "info", _variant(lambda s, d: _big_endian(s, d), "be.mrcs")(ws)[1]], 0, "yes",
+          real=RELION31),
     Trial("15.2h", "non-square stack (256 x 200) under a 256 px star", _variant(_non_square), 2,
           "relion31.mrcs", real=RELION31),
     Trial("15.3a", ".cs without ctf (no passthrough) -> .star", _no_ctf(()), 2, "--voltage"),
     Trial("15.3b", "the same with --voltage --cs --amplitude-contrast; RELION reads it",
-          _no_ctf(CTF_OPTIONS), 0, check=check_star_readable("out.star")),
+          _no_ctf(CTF_OPTIONS), 0, check=check_star_readable("out.star", "project")),
+    Trial("15.3d", ".cs -> .star written outside the project: says where RELION must run",
+          _plain("convert", CS, "-o", "conv.star"), 0, "relative to", check=check_from_project),
     Trial("15.3c", "export-aligned of the ctf-less .cs", _no_ctf((), "export-aligned"), 2,
           "--voltage"),
     Trial("15.4a", "star -> cs -> star keeps 6 optics groups and voltage/Cs/Q0 (real)",
