@@ -209,8 +209,9 @@ def predict_layer_lines(rise: float, twist: float, csym: int, radius: float, max
     order = np.lexsort((np.abs(nn), np.round(z, 9)))
     z, nn = z[order], nn[order]
     first = np.concatenate([[True], np.diff(np.round(z, 9)) > 0])
-    return tuple((float(a), int(b), float(bessel_first_maximum(b, radius)))
-                 for a, b in zip(z[first], nn[first]))
+    heights, orders = z[first], nn[first]
+    return tuple(zip(heights.tolist(), orders.tolist(),
+                     bessel_first_maximum(orders, radius).tolist()))
 
 
 def index_helix(lines: Sequence[LayerLine], radius_range: tuple[float, float], *,

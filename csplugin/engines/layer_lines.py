@@ -122,19 +122,30 @@ def _ring_groups(size: int) -> tuple[NDArray[np.int64], int]:
 
 
 def _group_quantile(values: NDArray[np.float64], groups: NDArray[np.int64], n_groups: int,
-                    q: float) -> NDArray[np.float64]:
-    """Quantile ``q`` ``(n_groups,)`` of ``values`` per group (``groups >= 0``), the order
-    statistic at ``floor(q (count - 1))``."""
-    keep = groups >= 0
-    v, g = values[keep], groups[keep]
-    order = np.lexsort((v, g))
-    v, g = v[order], g[order]
-    counts = np.bincount(g, minlength=n_groups)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    out = np.zeros(n_groups)
-    ok = counts > 0
-    out[ok] = v[starts[ok] + np.floor(q * (counts[ok] - 1)).astype(np.int64)]
+                    qs: tuple[float, ...]) -> NDArray[np.float64]:
+    """Quantiles ``qs`` ``(len(qs), n_groups)`` of ``values`` per group (``groups >= 0``),
+    each the order statistic at ``floor(q (count - 1))`` (found by partial sorts)."""
+    out = np.zeros((len(qs), n_groups))
+    flat = values.ravel()
+    for g, members in enumerate(_group_members(groups, n_groups)):
+        if members.size:
+            kth = [int(np.floor(q * (members.size - 1))) for q in qs]
+            out[:, g] = np.partition(flat[members], kth)[kth]
     return out
+
+
+def _group_members(groups: NDArray[np.int64], n_groups: int) -> list[NDArray[np.int64]]:
+    """Flat indices of each group's pixels (cached per grid: the rings of a size never change)."""
+    key = (groups.shape, n_groups)
+    if key not in _MEMBERS:
+        flat = groups.ravel()
+        order = np.argsort(flat, kind="stable")
+        bounds = np.searchsorted(flat[order], np.arange(n_groups + 1))
+        _MEMBERS[key] = [order[bounds[g]:bounds[g + 1]] for g in range(n_groups)]
+    return _MEMBERS[key]
+
+
+_MEMBERS: dict[tuple[tuple[int, ...], int], list[NDArray[np.int64]]] = {}
 
 
 def _whiten(q: NDArray[np.float64], groups: NDArray[np.int64], n_groups: int
@@ -146,8 +157,7 @@ def _whiten(q: NDArray[np.float64], groups: NDArray[np.int64], n_groups: int
     ``sigma = (q25 - q10) / 0.6071`` and ``background = q25 + 0.6745 sigma`` (the median).
     """
     inside = groups >= 0
-    q10 = _group_quantile(q, groups, n_groups, 0.10)
-    q25 = _group_quantile(q, groups, n_groups, 0.25)
+    q10, q25 = _group_quantile(q, groups, n_groups, (0.10, 0.25))
     sigma = (q25 - q10) / 0.6071
     background = q25 + 0.6745 * sigma
     positive = sigma[sigma > 0]
