@@ -29,6 +29,7 @@ from csplugin.app.options import (
     Workers,
     err,
     fraction,
+    not_an_input,
     out,
     parse_angles,
     parse_classes,
@@ -144,6 +145,7 @@ def convert(
     from csplugin.core.particles import open_particles
     from csplugin.outputs.directory import single_file
 
+    not_an_input([output], file, passthrough)
     with single_file(output, overwrite=overwrite):  # checked and locked first; written atomically
         table = open_particles(file, passthrough, project_dir)
         save_particles(table, output, voltage=voltage, cs=cs,
@@ -189,7 +191,9 @@ def export_aligned_cmd(
     from csplugin.core.particles import open_particles
     from csplugin.jobs.export_aligned import export_aligned
 
+    not_an_input([outdir / "particles.star", outdir / "particles.cs"], file, passthrough)
     table = open_particles(file, passthrough, project_dir).select_classes(parse_classes(classes))
+    not_an_input(list(outdir.glob("particles_aligned_*.mrcs")), *table.particles["stack"].unique())
     with connect(scheduler, workers) as runner, progress_bar(quiet, "aligning",
                                                              len(table)) as advance:
         result = export_aligned(table, outdir, interpolation=interpolation, float16=float16,
@@ -502,6 +506,7 @@ def classify(
     from csplugin.core.particles import open_particles
     from csplugin.jobs.classify import classify_particles
 
+    not_an_input([outdir / "particles.star", outdir / "particles.cs"], file, passthrough)
     table = open_particles(file, passthrough, project_dir)
     result = classify_particles(table, outdir, n_nbor=n_nbor, n_classes=n_classes, seed=seed,
                                 overwrite=overwrite, voltage=voltage, cs=cs,

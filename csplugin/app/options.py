@@ -4,6 +4,7 @@ help), parsers of option values, the consoles and the progress bar."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
@@ -47,6 +48,22 @@ class OneLineUsage(typer.core.TyperGroup):
             command = sub.command_path if sub is not None else "csplugin"
             raise InputError(None, f"{command}: {exc.format_message()}",
                              f"see '{command} --help'") from None
+
+
+def not_an_input(outputs: list[Path], *inputs: str | Path | None) -> None:
+    """Refuse, before any work, an output that would replace one of the job's own input
+    files (metadata or stacks): inputs are never modified, even with --overwrite."""
+    given: dict[tuple[int, int], Path] = {}
+    for path in inputs:
+        with contextlib.suppress(OSError, TypeError):
+            st = os.stat(path)
+            given[(st.st_dev, st.st_ino)] = Path(path)
+    for output in outputs:
+        with contextlib.suppress(OSError):
+            st = os.stat(output)
+            if (st.st_dev, st.st_ino) in given:
+                raise InputError(output, "is an input of this job and would be replaced by "
+                                 "its output", "choose another output")
 
 
 Input = Annotated[Path, typer.Argument(

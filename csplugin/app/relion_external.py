@@ -286,12 +286,12 @@ def _typer_command() -> Any:
 @contextlib.contextmanager
 def _messages_to(console: Console, stream: TextIO) -> Iterator[None]:
     """Temporarily send a rich console's output to ``stream``."""
-    old = console.file
+    old = console._file  # not .file, which resolves (and would then pin) sys.stdout/stderr
     console.file = stream
     try:
         yield
     finally:
-        console.file = old
+        console._file = old
 
 
 @contextlib.contextmanager

@@ -99,9 +99,9 @@ def notes(table: ParticleTable, suffix: str) -> list[str]:
     if suffix == ".star" and table.kind == "cs":
         base = _names_base_elsewhere(p)
         if base is not None:
-            out.append(f"image names kept as the .cs gives them, relative to {base} (the "
-                       "cryoSPARC project directory), not to the current directory: run RELION "
-                       "(and csplugin on this .star) from there, or pass --project-dir")
+            out.append(f"image names kept as the .cs gives them, relative to {base} (where "
+                       "its stacks were found), not to the current directory: run RELION (and "
+                       "csplugin on this .star) from there, or pass --project-dir")
     if suffix == ".star" and p["image_path"].str.endswith(".mrc").any():
         out.append("stacks named .mrc (as cryoSPARC writes them): RELION 3.1 reads stacks only "
                    "as .mrcs, so link them (ln -s x.mrc x.mrcs) and rename in the .star, or "

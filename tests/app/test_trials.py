@@ -620,6 +620,47 @@ def _class0(ws: Path) -> list[str]:
     return ["convert", "project/class0.cs", "-o", "back.star"]
 
 
+def _nan_pixels(ws: Path) -> list[str]:
+    head, ext, body = _mrc(ws / STACK0)
+    data = np.frombuffer(body, "<f4").copy()
+    data[64 * 64 * 3 + 100] = np.nan
+    _replace_stack(ws, bytes(head) + ext + data.tobytes())
+    return ["export-aligned", STAR, "-o", "out"]
+
+
+def _reexport(ws: Path) -> list[str]:
+    """A previous export in out/, and a copy of its .star beside it as the new input."""
+    code, _, err, _ = run_cli(ws, ["export-aligned", STAR, "-o", "out", "-q"])
+    assert code == 0, err
+    shutil.copy2(ws / "out/particles.star", ws / "copy.star")
+    return ["export-aligned", "copy.star", "-o", "out", "--overwrite", "-q"]
+
+
+def _mixed_pixels(ws: Path) -> list[str]:
+    text = (ws / STAR).read_text()
+    optics = "1 opticsGroup1 0.10000000 2.70000000 300.00000000 1.50000000 64 2"
+    assert optics in text
+    text = text.replace(optics, optics + "\n2 opticsGroup2 0.10000000 2.70000000 300.00000000 "
+                        "1.60000000 64 2")
+    lines = text.splitlines()
+    rows = _particle_rows(lines)
+    lines[rows[5]] = lines[rows[5]][:-1] + "2"
+    (ws / "project/mixed.star").write_text("\n".join(lines) + "\n")
+    return ["export-aligned", "project/mixed.star", "-o", "out"]
+
+
+def check_same_star(ws: Path, _: Outcome) -> str | None:
+    a, b = read_star(ws / STAR), read_star(ws / "again.star")
+    for block in ("optics", "particles"):
+        for label in a[block].columns:
+            if label not in b[block]:
+                return f"{label} lost"
+            x, y = a[block][label], b[block][label]
+            if x.dtype.kind in "fi" and not np.allclose(x.to_numpy(float), y.to_numpy(float)):
+                return f"{label} changed"
+    return None
+
+
 def _existing_output(command: str) -> Callable[[Path], list[str]]:
     """A first run writes ``out``; the trial runs the same job again without --overwrite."""
     def setup(ws: Path) -> list[str]:
@@ -762,6 +803,34 @@ TRIALS: list[Trial] = [
           _star_value("rlnClassNumber", 5, "x", "class-averages"), 2, "rlnClassNumber"),
     Trial("11.T19", "classify (writes neighbors.npz, summary.json whole)",
           _plain("classify", CS, "-o", "out", "-q"), 0, slow=True),
+    # more bad input, as a new user would give it
+    Trial("11.X1", "--classes naming a class the file lacks",
+          _plain("export-aligned", CS, "-o", "out", "--classes", "7"), 2, "7"),
+    Trial("11.X2", "--passthrough of another job (no uid in common)",
+          _plain("export-aligned", CS, "--passthrough", R + "cryodrgn/empiar_10076_7.cs", "-o",
+                 "out"), 2, "uid", real=("cryodrgn/empiar_10076_7.cs",)),
+    Trial("11.X3", "--project-dir that does not exist",
+          _plain("export-aligned", CS, "--project-dir", "nowhere", "-o", "out"), 2, "nowhere"),
+    Trial("11.X4", "empty .star", lambda ws: (ws / "e.star").write_text("") and [] or
+          ["convert", "e.star", "-o", "out.cs"], 2, "e.star"),
+    Trial("11.X5", "binary garbage named .star", lambda ws: (ws / "g.star").write_bytes(
+        bytes(range(256)) * 20) and [] or ["info", "g.star"], 2, "g.star"),
+    Trial("11.X6", "stack with NaN pixels", _nan_pixels, 2, "NaN"),
+    Trial("11.X7", "convert onto its own input with --overwrite",
+          _plain("convert", STAR, "-o", STAR, "--overwrite"), 2, "is an input of this job"),
+    Trial("11.X8", "export-aligned of project/particles.star -o project --overwrite",
+          _plain("export-aligned", STAR, "-o", "project", "--overwrite", "-q"), 2,
+          "is an input of this job"),
+    Trial("11.X8b", "classify of project/particles.star -o project --n-classes 3 --overwrite",
+          _plain("classify", STAR, "-o", "project", "--n-classes", "3", "--overwrite", "-q"), 2,
+          "is an input of this job"),
+    Trial("11.X8c", "export-aligned of a .star naming out/'s stacks -o out --overwrite",
+          _reexport, 2, "is an input of this job"),
+    Trial("11.X9", "export-aligned -o the stacks' own directory, --overwrite",
+          _plain("export-aligned", CS, "-o", "project/J2/extract", "--overwrite", "-q"), 0),
+    Trial("11.X10", "mixed pixel sizes in one .star", _mixed_pixels, 2, "pixel size"),
+    Trial("11.X11", ".star -> .star (same format again) keeps every value",
+          _plain("convert", STAR, "-o", "again.star"), 0, check=check_same_star),
     # issue 15
     *[Trial(f"15.1{chr(97 + i)}", f"{cmd} of tomography file {name}",
             _plain(cmd, R + name, "-o", "out" if cmd != "convert" else "out.cs"), 2,
