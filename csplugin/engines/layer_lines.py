@@ -25,7 +25,8 @@ Method
    stronger at the same ``r``) and lies above ``min_height``.
 5. **Per line**: the innermost local maximum along the row reaching
    ``max(0.5 min_strength, 0.5 · row max)`` is the first maximum (``peak_radius``, parabola-
-   refined); ``meridional`` when it is within one pixel of the meridian; the height is
+   refined); ``meridional`` when it is within 1.5 pixels of the meridian (noise moves a
+   reflection on the meridian by up to about a pixel of the padded grid); the height is
    refined by a parabola through the log of the ``r``-smoothed profile at that radius around
    its own peak row (within 2 rows of the score's).
 6. **Half-set agreement**: the Pearson correlation of the two halves' whitened,
@@ -51,6 +52,10 @@ _SIDE_LOBE_ROWS = 8
 _SIDE_LOBE_RATIO = 15.0
 _MAD_SCALE = 1.4826
 
+
+#: A first maximum this close to the meridian (pixels of the spectrum) is a meridional
+#: reflection (Bessel order 0).
+_MERIDIAN_PX = 1.5
 
 @dataclass(frozen=True)
 class LayerLine:
@@ -297,7 +302,8 @@ def detect_layer_lines(spectrum: np.ndarray, voxel_size: float, *,
         if 1 <= peak < size - 1:
             prof = e_r[peak - 1:peak + 2, col]
             height = peak + _log_parabola(prof[0], prof[1], prof[2])
-        found.append((height * step, max(radius, 0.0) * step, float(score[row]), radius <= 1.0))
+        found.append((height * step, max(radius, 0.0) * step, float(score[row]),
+                      radius <= _MERIDIAN_PX))
     heights = [f[0] for f in found]
     if half1 is not None and half2 is not None and found:
         agreement = layer_line_agreement(half1, half2, voxel_size, heights,
