@@ -31,7 +31,8 @@ def _save(fig: Figure, path: str | Path) -> None:
 def spectrum_png(path: str | Path, spectrum: np.ndarray, pixel_size: float,
                  prof: dict[str, np.ndarray], title: str = "") -> None:
     """A centred spectrum ``(M, M)`` (DC at ``M//2``) on axes in 1/Å, log-scaled display,
-    beside its meridian, equator and radial profiles (:func:`csplugin.engines.power_spectrum.profiles`).
+    beside its meridian, equator and radial profiles
+    (:func:`csplugin.engines.power_spectrum.profiles`).
 
     ``pixel_size`` puts Nyquist, ``1/(2 pixel_size)``, at the edge. Row 0 is drawn at the
     bottom, so +ky points up.
