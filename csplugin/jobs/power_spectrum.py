@@ -37,11 +37,19 @@ noisy averages).
 The pooled spectrum adds the classes *after* each is turned, so with ``vertical`` or
 ``horizontal`` it pools all segments with their helical axes made parallel.
 
-Memory: each class accumulator holds at most ``180/psi_bin_deg`` bins of ``M (M//2+1)``
-float32 (190 MB at box 256, pad 2, 0.5°); classes are processed in groups that fit
-``memory_budget`` bytes (192 MB; at least one class), each group in its own pass over only its
-particles, so every particle is still read once. The pooled spectrum is the sum of the
-classes' rotated ``(M, M)`` sums, so it needs no bins of its own.
+Memory (bounded whatever the particle count): each class and half set has its own
+accumulator of ``180/psi_bin_deg`` bins of ``M (M//2+1)`` float32, of which only the
+populated bins are backed (at most 190 MB at box 256, pad 2, 0.5°; ``2880 N (N+1)`` bytes for
+box ``N`` at pad 2). Accumulators are cut into blocks of whole psi bins and packed into passes
+so that the bins held at once stay within ``memory_budget`` (64 MB; at least one bin, i.e.
+``max(memory_budget, 4 M (M//2+1))`` bytes, whatever the box), each pass reading only its
+particles (plus, in a class's first pass, the particles of its average), so every particle is
+still transformed once; freed memory is handed back to the OS between passes. The pooled
+spectrum is the sum of the classes' rotated ``(M, M)`` sums, so it needs no bins of its own.
+Besides the bins: the interpreter and libraries (~320 MB), up to ``reader_threads() + 2``
+reading chunks of 16 MB, at most 48 MB of rotation partial sums and, kept for the helical
+outputs, ``2 x 3.5 M² x 8`` bytes per class (its two half-set sums; 15 MB at M = 512).
+Measured at box 256, pad 2, 12,000 particles in 3 classes with half sets: ~513 MB.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from typing import Literal
 import numpy as np
 
 from csplugin.core.images import check_stacks, iter_chunks
+from csplugin.core.memory import release_free_memory
 from csplugin.core.particles import ParticleTable
 from csplugin.engines.filament import filament_axis_angle
 from csplugin.engines.power_spectrum import (
@@ -123,7 +132,7 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
                   options: SpectrumOptions = SpectrumOptions(),
                   *, class_averages: str | Path | None = None,
                   axis_angles: dict[int, float] | None = None, overwrite: bool = False,
-                  memory_budget: int = 192 << 20,
+                  memory_budget: int = 64 << 20,
                   progress: Callable[[int], None] | None = None,
                   runner: TaskRunner | None = None,
                   block_particles: int = 10_000) -> SpectrumResult:
@@ -143,7 +152,8 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
         Helical axis direction per class number (input numbering), degrees from +x toward
         +y (rows); overrides the estimate.
     memory_budget
-        Bytes of psi-bin sums held at once (classes are grouped to fit).
+        Bytes of psi-bin sums held at once (accumulators, half sets included, are split into
+        blocks of whole bins and grouped into passes to fit; at least one bin a pass).
     progress
         Called with the number of particles finished after each chunk.
     runner
@@ -171,13 +181,10 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
                 overwrite=overwrite)
     final_outdir, outdir = outdir, out.staging  # every file below goes into the staging dir
     stored = _stored_averages(class_averages, table, labels, box)
-    acc_bytes = (180 / options.psi_bin_deg) * (options.pad * box) * (options.pad * box // 2 + 1) * 4
-    acc_bytes *= 2 if options.half_sets else 1  # two accumulators (half sets) per class
-    per_pass = max(1, int(memory_budget // acc_bytes))
     keys: list[int | None] = [int(k) for k in labels] or [None]  # None: unclassified input
     if runner is None:
-        class_sums = _grouped_passes(table, stacks, keys, stored, axis_angles, options, per_pass,
-                                     progress)
+        class_sums = _grouped_passes(table, stacks, keys, stored, axis_angles, options,
+                                     memory_budget, progress)
     else:
         class_sums = _block_tasks(table, stacks, keys, stored, axis_angles, options,
                                   block_particles, runner, progress)
@@ -223,50 +230,105 @@ def _json_default(value: object) -> object:
 ClassSums = Iterator[tuple[int | None, float | None, RotatedSums, "helical.ClassExtras"]]
 
 
+def _units(table: ParticleTable, keys: list[int | None], options: SpectrumOptions,
+           budget: int) -> list[tuple[int | None, int, np.ndarray, int]]:
+    """The accumulators of the local run, in class order: ``(class, half, rows, bytes)``.
+
+    One per class and half set (one per class without half sets), cut into blocks of whole
+    psi bins where its populated bins take more than ``budget`` bytes (each block at most
+    ``max(1, budget // bin bytes)`` bins; a block's bins are disjoint from the others', so the
+    blocks' rotated sums add up to the whole's). ``bytes``: its populated bins, the memory it
+    touches (unpopulated bins of ``np.zeros`` are never backed).
+    """
+    numbers, angles = table.class_numbers(), table.particles["angle"].to_numpy()
+    halves = (helical.filament_halves(table)[0] if options.half_sets
+              else np.zeros(len(table), np.int64))
+    probe = _accumulator(table.box(), options)  # lazily zeroed: costs no memory
+    bin_bytes = probe.size * (probe.size // 2 + 1) * 4
+    cap = max(1, budget // bin_bytes)
+    units = []
+    for k in keys:
+        rows_k = np.flatnonzero(numbers == k) if k is not None else np.arange(len(table))
+        for h in (0, 1):
+            rows = rows_k[halves[rows_k] == h]
+            if not len(rows):
+                continue
+            bins = probe.psi_bins(angles[rows])
+            used = np.unique(bins)
+            for part in np.array_split(used, -(-len(used) // cap)):
+                units.append((k, h, rows[np.isin(bins, part)], len(part) * bin_bytes))
+    return units
+
+
 def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[int | None],
                     stored: dict[int, np.ndarray], given: dict[int, float] | None,
-                    options: SpectrumOptions, per_pass: int,
+                    options: SpectrumOptions, budget: int,
                     progress: Callable[[int], None] | None) -> ClassSums:
-    """Yield ``(class, axis angle or None, rotated sums)`` per class, in order, computing
-    ``per_pass`` classes per pass over their particles (the local run)."""
+    """Yield ``(class, axis angle or None, rotated sums, extras)`` per class, in order (the
+    local run): the accumulators of :func:`_units` are packed in order into passes whose bins
+    fit ``budget`` bytes (at least one accumulator a pass); each pass reads only its
+    accumulators' particles, plus, in the first pass of a class, the particles of its
+    average (``class_averages.mrcs`` and the axis, complete before any of its bins are
+    rotated). Each pass's bins are rotated and freed before the next pass allocates its own.
+    """
     numbers, box = table.class_numbers(), table.box()
-    halves = helical.filament_halves(table)[0]
-    for first in range(0, len(keys), per_pass):
-        group = keys[first:first + per_pass]
-        subset = table.take(np.isin(numbers, group)) if group != [None] else table
-        accs = {k: _accumulator(box, options) for k in group}  # half 1 with half sets
-        seconds = {k: _accumulator(box, options) for k in group} if options.half_sets else {}
-        rebuilt: dict[int, tuple[np.ndarray, int]] = {}  # class_averages.mrcs and the axis
-        sub_numbers = subset.class_numbers()
-        sub_halves = halves[np.isin(numbers, group)] if group != [None] else halves
-        masker = helical.filament_masker(subset, stacks, group, given, stored, options)
-        chosen = helical.average_rows(sub_numbers)  # the particles of class_averages.mrcs
+    angles = table.particles["angle"].to_numpy()
+    chosen = helical.average_rows(numbers)  # the particles of class_averages.mrcs
+    passes: list[list[tuple[int | None, int, np.ndarray, int]]] = []
+    used = budget + 1
+    for unit in _units(table, keys, options, budget):
+        if used + unit[3] > budget:
+            passes.append([])
+            used = 0
+        passes[-1].append(unit)
+        used += unit[3]
+    last = {unit[0]: i for i, units in enumerate(passes) for unit in units}
+    rebuilt: dict[int, tuple[np.ndarray, int]] = {}
+    axes: dict[int | None, float | None] = {}
+    half_sums: dict[int | None, list[RotatedSums | None]] = {}
+    for i, units in enumerate(passes):
+        group = list(dict.fromkeys(unit[0] for unit in units))
+        fresh = [k for k in group if k is not None and k not in axes]  # first pass of k
+        owner = np.full(len(table), -1, np.int64)
+        for j, unit in enumerate(units):
+            owner[unit[2]] = j
+        read = np.flatnonzero((owner >= 0) | (chosen & np.isin(numbers, fresh)))
+        subset = table.take(read)
+        scope = np.flatnonzero(np.isin(numbers, group)) if group != [None] else None
+        masker = helical.filament_masker(table.take(scope) if scope is not None else table,
+                                         stacks, group, given, stored, options)
+        accs = [_accumulator(box, options) for _ in units]
         for chunk_rows, images in iter_chunks(subset, stacks=stacks):
-            angles = subset.particles["angle"].to_numpy()[chunk_rows]
-            owners = (np.searchsorted(group, sub_numbers[chunk_rows]) if group != [None]
-                      else np.zeros(len(chunk_rows), np.int64))
-            if seconds:
-                owners = owners + len(group) * sub_halves[chunk_rows]
-            add_spectra(list(accs.values()) + list(seconds.values()),  # one FFT per particle
-                        masker(images, chunk_rows) if masker else images, angles, owners)
-            for k in accs:
-                if k is None:
-                    continue
-                mine = (sub_numbers[chunk_rows] == k) & chosen[chunk_rows]
+            rows = read[chunk_rows]
+            owners = owner[rows]
+            where = np.searchsorted(scope, rows) if scope is not None else rows
+            add_spectra(accs, masker(images, where) if masker else images,  # one FFT each
+                        angles[rows], owners)
+            for k in fresh:
+                mine = (numbers[rows] == k) & chosen[rows]
                 if np.any(mine):
-                    _rebuild(rebuilt, k, images[mine], subset, chunk_rows[mine], None)
+                    _rebuild(rebuilt, k, images[mine], table, rows[mine], None)
             if progress is not None:
-                progress(len(chunk_rows))
-        for k, acc in accs.items():
-            angle = _axis_angle(k, given, stored, rebuilt, options.axis) if k is not None else None
-            rotation = _rotation(angle, options.axis)
-            h1 = acc.rotated_sums(rotation) if acc.n else None
-            h2 = seconds[k].rotated_sums(rotation) if seconds and seconds[k].n else None
-            sums = h2 if h1 is None else (h1 if h2 is None else h1 + h2)
-            assert sums is not None
-            yield k, angle, sums, helical.ClassExtras(
-                h1 if seconds else None, h2, *rebuilt.get(k, (None, 0)))  # type: ignore[arg-type]
-        del accs, seconds  # free this group's bins before the next pass
+                progress(int(np.count_nonzero(owners >= 0)))
+        for j, (k, h, *_) in enumerate(units):
+            if k not in axes:  # its average is complete: this is the class's first pass
+                axes[k] = _axis_angle(k, given, stored, rebuilt, options.axis) if k is not None \
+                    else None
+            if accs[j].n:
+                sums = accs[j].rotated_sums(_rotation(axes[k], options.axis))
+                pair = half_sums.setdefault(k, [None, None])
+                pair[h] = sums if pair[h] is None else pair[h] + sums  # type: ignore[operator]
+            accs[j] = None  # type: ignore[call-overload]  # free its bins
+        del accs
+        release_free_memory()  # the pass's freed chunks and temporaries, before the next one
+        for k in group:
+            if last[k] != i:
+                continue
+            h1, h2 = half_sums.pop(k)
+            total = h2 if h1 is None else (h1 if h2 is None else h1 + h2)
+            assert total is not None
+            yield k, axes[k], total, helical.ClassExtras(
+                h1 if options.half_sets else None, h2, *rebuilt.get(k, (None, 0)))  # type: ignore[arg-type]
 
 
 def _block_tasks(table: ParticleTable, stacks: dict[str, Stack], keys: list[int | None],
