@@ -94,6 +94,7 @@ def test_rotated_copy_has_the_same_invariant_features(with_copies) -> None:
     assert np.linalg.norm(unit[1].conj() - unit[copy + 1]) < 0.1 * np.median(nearest)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("diffusion", [True, False])
 def test_copies_are_found_with_mirror_flag_and_rotation(with_copies, diffusion) -> None:
     classifier, copy = with_copies
@@ -135,6 +136,7 @@ def test_rotation_convention_aligns_the_neighbour_onto_the_particle(with_copies)
 
 
 # ---------------------------------------------------------------------------------- accuracy
+@pytest.mark.slow
 def test_neighbors_of_clean_projections_are_true_neighbors() -> None:
     sim = bench.simulate(2000, 64, snr=None, seed=3)
     classifier = RIRClass2D(sim.images, n_nbor=10, seed=0)
@@ -146,6 +148,7 @@ def test_neighbors_of_clean_projections_are_true_neighbors() -> None:
     assert isinstance(classifier, Class2D) and isinstance(table, ClassTable) and table.anchored
 
 
+@pytest.mark.slow
 def test_noisy_benchmark_set_meets_the_target(noisy: bench.Simulation) -> None:
     """The benchmark claim: ≥ 90 % of neighbours within 10° at SNR 1/8 (default volume)."""
     classifier = RIRClass2D(noisy.images, n_nbor=10, seed=0)

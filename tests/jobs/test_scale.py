@@ -19,6 +19,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 BASE_MB, PER_PARTICLE_KB = 200, 2.0  # 1,000,000 particles: 2.2 GB (measured: 1.65 GB)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/usr/bin/time").exists(),
                     reason="GNU time (/usr/bin/time) measures the peak memory")
 def test_metadata_of_many_particles_within_time_and_memory_bounds(tmp_path: Path) -> None:
