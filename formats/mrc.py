@@ -14,6 +14,8 @@ read-only memory map of the data for interactive use.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +264,22 @@ def open_stack(path: str | Path) -> Stack:
     return stack
 
 
+def _statistics(data: np.ndarray) -> tuple[float, float, float, float]:
+    """Minimum, maximum, sum and sum of squares of images ``(k, N, N)`` for the header.
+
+    Sums per image in float32 (numpy's pairwise sum and einsum's vectorised loop: ~1e-6
+    relative at most for 256² images), added up over images in float64; no BLAS (its threads
+    spin beside the kernels). ~24 µs per 256² image against ~45 µs for a float64 sum of the
+    whole chunk plus a float32 dot before (whose sum of squares was off by ~1e-5).
+    """
+    rows = data.reshape(len(data), -1)
+    if rows.dtype != np.float32:
+        rows = rows.astype(np.float32)
+    return (float(rows.min()), float(rows.max()),
+            float(np.add.reduce(rows, axis=1).sum(dtype=np.float64)),
+            float(np.einsum("ij,ij->i", rows, rows).sum(dtype=np.float64)))
+
+
 class StackWriter:
     """Write an ``(n, N, N)`` MRC image stack chunk by chunk, atomically.
 
@@ -290,7 +308,9 @@ class StackWriter:
         self.path = Path(path)
         self.n, self.box, self.voxel_size = n, box, voxel_size
         self.dtype = MODES[12] if float16 else MODES[2]
-        self._written = 0
+        self._written = 0  # images written
+        self._next = 0  # where an append (no ``start``) goes
+        self._lock = threading.Lock()
         self._stats = np.zeros(4)  # min, max, sum, sum of squares
 
     def __enter__(self) -> Self:
@@ -303,27 +323,40 @@ class StackWriter:
             mrc.voxel_size = self.voxel_size
             self._offset = 1024 + int(mrc.header.nsymbt)
         self._file = open(self._tmp, "r+b")
-        self._file.seek(self._offset)
         self._stats[:] = (np.inf, -np.inf, 0.0, 0.0)
         return self
 
-    def write(self, images: np.ndarray) -> None:
-        """Append images ``(k, N, N)`` (any real dtype; stored as the writer's dtype)."""
+    def write(self, images: np.ndarray, start: int | None = None) -> None:
+        """Write images ``(k, N, N)`` (any real dtype; stored as the writer's dtype).
+
+        ``start``: index of the first image in the stack; default: after the images
+        appended so far. Calls with disjoint ``start`` ranges may run in several threads at
+        once (positioned writes; the statistics are combined under a lock); every image must
+        be written exactly once before the context exits.
+        """
         if images.shape[1:] != (self.box, self.box):
             raise ValueError(f"images of shape {images.shape[1:]} in a {self.box}-px stack")
-        if self._written + len(images) > self.n:
-            raise ValueError("more images than the stack was created for")
+        with self._lock:
+            start = self._next if start is None else start
+            if start < 0 or start + len(images) > self.n:
+                raise ValueError("more images than the stack was created for")
+            self._next = max(self._next, start + len(images))
         data = np.ascontiguousarray(images, dtype=self.dtype)
         raw = memoryview(data).cast("B")
-        for start in range(0, len(raw), _WRITE_BLOCK):  # one huge write() was slower here
-            self._file.write(raw[start:start + _WRITE_BLOCK])
-        self._written += len(data)
-        if data.size:  # header statistics; float32 BLAS dot: ~1e-4 relative, ample for rms
-            flat = data.ravel() if data.dtype == MODES[2] else data.ravel().astype(np.float32)
-            self._stats[0] = min(self._stats[0], float(flat.min()))
-            self._stats[1] = max(self._stats[1], float(flat.max()))
-            self._stats[2] += flat.sum(dtype=np.float64)
-            self._stats[3] += float(np.dot(flat, flat))
+        fd = self._file.fileno()
+        position = self._offset + start * self.box * self.box * self.dtype.itemsize
+        done = 0
+        while done < len(raw):  # blocks: one huge write() was slower here
+            done += os.pwrite(fd, raw[done:done + _WRITE_BLOCK], position + done)
+        stats = _statistics(data) if data.size else None
+        with self._lock:
+            self._written += len(data)
+            if stats is not None:
+                low, high, total, squares = stats
+                self._stats[0] = min(self._stats[0], low)
+                self._stats[1] = max(self._stats[1], high)
+                self._stats[2] += total
+                self._stats[3] += squares
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

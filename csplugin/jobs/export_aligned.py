@@ -22,15 +22,16 @@ particles.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from csplugin.core import conventions as cv
-from csplugin.core.images import check_stacks, iter_chunks
+from csplugin.core.images import check_stacks, iter_chunks, writer_threads
 from csplugin.core.native import check_writable, save_particles
 from csplugin.core.particles import ParticleTable
 from csplugin.engines.transform import INTERPOLATIONS, align_images
@@ -117,11 +118,11 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
     shifts = p[["shift_x", "shift_y"]].to_numpy()
     if runner is None:
         chunks = iter_chunks(table, chunk_size, stacks_in, segment=particles_per_stack)
-        with ThreadPoolExecutor(max_workers=1) as writer_thread:  # writes overlap the maths
+        with ThreadPoolExecutor(max_workers=writer_threads()) as writers:  # overlap the maths
             for k, name in enumerate(names):
                 count = min(particles_per_stack, n - k * particles_per_stack)
                 _write_stack(name, count, chunks, angles, shifts, box, pixel_size, float16,
-                             interpolation, writer_thread, progress)
+                             interpolation, writers, progress)
     else:
         blocks = [np.arange(k * particles_per_stack, min((k + 1) * particles_per_stack, n))
                   for k in range(len(names))]
@@ -155,28 +156,31 @@ def export_stack(table: ParticleTable, stacks: dict[str, Stack], name: Path, box
     p = table.particles
     angles, shifts = p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy()
     chunks = iter_chunks(table, chunk_size, stacks)
-    with ThreadPoolExecutor(max_workers=1) as writer_thread:
+    with ThreadPoolExecutor(max_workers=writer_threads()) as writers:
         _write_stack(name, len(table), chunks, angles, shifts, box, pixel_size, float16,
-                     interpolation, writer_thread, progress)
+                     interpolation, writers, progress)
     return name
 
 
 def _write_stack(name: Path, count: int, chunks: Iterator[tuple[np.ndarray, np.ndarray]],
                  angles: np.ndarray, shifts: np.ndarray, box: int, pixel_size: float,
-                 float16: bool, interpolation: str, writer_thread: ThreadPoolExecutor,
+                 float16: bool, interpolation: str, writers: ThreadPoolExecutor,
                  progress: Callable[[int], None] | None) -> None:
     """Align the next ``count`` images of ``chunks`` (rows index ``angles``/``shifts``) and
-    write them to ``name``, the writing of each chunk overlapping the next one's maths."""
+    write them to ``name``: each chunk is written at its own place in the stack by one of
+    ``writers`` (at most one chunk per writer thread in flight) while the next ones are
+    aligned."""
+    limit = writer_threads()  # chunks being written at once (the size of `writers`)
     with StackWriter(name, count, box, pixel_size, float16) as writer:
-        done, pending = 0, None
+        done, pending = 0, deque[Future[None]]()
         while done < count:
             rows, images = next(chunks)
             aligned = align_images(images, angles[rows], shifts[rows], interpolation)
-            if pending is not None:
-                pending.result()
-            pending = writer_thread.submit(writer.write, aligned)
+            while len(pending) >= limit:
+                pending.popleft().result()
+            pending.append(writers.submit(writer.write, aligned, done))
             done += len(rows)
             if progress is not None:
                 progress(len(rows))
-        if pending is not None:
-            pending.result()
+        while pending:
+            pending.popleft().result()
