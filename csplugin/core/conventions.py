@@ -96,7 +96,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 #: 1-based numbering in RELION (N@stack, rlnClassNumber, rlnOpticsGroup); 0-based in cryoSPARC.
 RELION_BASE = 1
@@ -251,6 +250,14 @@ def disc_mask(size: int, radius: float | None = None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ 3D alignments
+def _rotation():
+    """``scipy.spatial.transform.Rotation``, imported on first use (0.2 s: only the 3D pose
+    conversions need it, not every job's start-up)."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation
+
+
 def rotvec_to_relion_euler(rotvec: np.ndarray) -> np.ndarray:
     """Convert cryoSPARC ``alignments3D/pose`` ``(n, 3)`` rotation vectors (rad) -> RELION
     (rot, tilt, psi) ``(n, 3)`` degrees, such that ``relion_euler_matrix(result) = R(r)^T``
@@ -261,7 +268,7 @@ def rotvec_to_relion_euler(rotvec: np.ndarray) -> np.ndarray:
         return np.zeros((0, 3))
     with warnings.catch_warnings():  # gimbal lock: scipy sets the third angle to 0 and warns
         warnings.simplefilter("ignore", UserWarning)
-        zyz = Rotation.from_rotvec(rotvec).as_euler("ZYZ", degrees=True)
+        zyz = _rotation().from_rotvec(rotvec).as_euler("ZYZ", degrees=True)
     locked = np.isclose(zyz[:, 1], 0.0, atol=1e-9) | np.isclose(zyz[:, 1], 180.0, atol=1e-9)
     if locked.any():  # put the whole in-plane angle in psi, as RELION's decomposition does
         sign = np.where(zyz[locked, 1] > 90, -1.0, 1.0)
@@ -277,13 +284,13 @@ def relion_euler_to_rotvec(euler_deg: np.ndarray) -> np.ndarray:
     euler_deg = np.asarray(euler_deg, np.float64).reshape(-1, 3)
     if not len(euler_deg):
         return np.zeros((0, 3), np.float32)
-    return Rotation.from_euler("ZYZ", euler_deg, degrees=True).as_rotvec().astype(np.float32)
+    return _rotation().from_euler("ZYZ", euler_deg, degrees=True).as_rotvec().astype(np.float32)
 
 
 def relion_euler_matrix(euler_deg: np.ndarray) -> np.ndarray:
     """RELION's ``Euler_angles2matrix`` for ``(n, 3)`` (rot, tilt, psi) degrees -> ``(n, 3, 3)``."""
     euler_deg = np.asarray(euler_deg, np.float64).reshape(-1, 3)
-    return Rotation.from_euler("ZYZ", euler_deg, degrees=True).as_matrix().transpose(0, 2, 1)
+    return _rotation().from_euler("ZYZ", euler_deg, degrees=True).as_matrix().transpose(0, 2, 1)
 
 
 def split_to_random_subset(split: np.ndarray) -> np.ndarray:
