@@ -63,8 +63,9 @@ from typing import Literal
 import numpy as np
 
 from csplugin.core.images import check_stacks, iter_chunks
-from csplugin.core.memory import release_free_memory
+from csplugin.core.memory import limit_arenas, release_free_memory
 from csplugin.core.particles import ParticleTable
+from csplugin.core.threads import threads
 from csplugin.engines.filament import filament_axis_angle
 from csplugin.engines.power_spectrum import (
     PowerSpectrumAccumulator,
@@ -166,6 +167,8 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
         Particles per task with a ``runner``.
     """
     outdir = Path(outdir)
+    if threads() > 4:  # before the threads start: an arena each cost ~10 MB (core.memory)
+        limit_arenas()
     table.require_alignments()
     stacks = check_stacks(table)
     pixel_size, box = table.pixel_size(), table.box()
