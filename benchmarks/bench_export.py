@@ -17,14 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import side_by_side  # noqa: E402
-
-#: Read every particle and write it out unchanged as one float32 stack: the I/O floor of export.
-COPY = ("from csplugin.core.particles import open_particles; "
-        "from csplugin.core.images import iter_chunks; "
-        "from formats.mrc import StackWriter; t = open_particles({path!r}); "
-        "w = StackWriter({out!r}, len(t), t.box(), 1.0).__enter__(); "
-        "[w.write(im) for _, im in iter_chunks(t)]; w.__exit__(None, None, None)")
+from common import COPY, side_by_side  # noqa: E402
 
 
 def runs(cs: Path, star: Path, out: Path) -> dict[str, list[str]]:

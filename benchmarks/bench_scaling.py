@@ -39,7 +39,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FLOOR, machine, make_dataset, timed, warm_cache  # noqa: E402
+from common import COPY, FLOOR, machine, make_dataset, timed, warm_cache  # noqa: E402
 
 #: Read every particle, take the batched float32 padded rfft2 with csplugin's cached pyfftw
 #: plans and sum |F|²: the work any averaged spectrum must do.
@@ -53,12 +53,6 @@ FFT_FLOOR = (
     "        k = min(p.batch, len(im) - s); p.input[:k] = im[s:s + k]; f = p.execute(k)[:k]\n"
     "        total += float(np.vdot(f, f).real)\n")
 
-#: Read every particle and write it out unchanged as one float32 stack.
-COPY = ("from csplugin.core.particles import open_particles; "
-        "from csplugin.core.images import iter_chunks; "
-        "from formats.mrc import StackWriter; t = open_particles({path!r}); "
-        "w = StackWriter({out!r}, len(t), t.box(), 1.0).__enter__(); "
-        "[w.write(im) for _, im in iter_chunks(t)]; w.__exit__(None, None, None)")
 
 
 def commands(cs: Path, star: Path, out: Path) -> dict[str, list[str]]:

@@ -158,6 +158,13 @@ HEADER = f"{'box':>4} {'job':<38} {'wall s':>7} {'cpu s':>7} {'img/s':>8} {'peak
 
 
 #: Read every particle through csplugin's chunked reader and do nothing else.
+#: Read every particle and write it out unchanged as one float32 stack: the I/O floor of export.
+COPY = ("from csplugin.core.particles import open_particles; "
+        "from csplugin.core.images import iter_chunks; "
+        "from formats.mrc import StackWriter; t = open_particles({path!r}); "
+        "w = StackWriter({out!r}, len(t), t.box(), 1.0).__enter__(); "
+        "[w.write(im) for _, im in iter_chunks(t)]; w.__exit__(None, None, None)")
+
 FLOOR = ("from csplugin.core.particles import open_particles; "
          "from csplugin.core.images import iter_chunks; "
          "[None for _ in iter_chunks(open_particles({path!r}))]")
