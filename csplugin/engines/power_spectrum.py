@@ -94,7 +94,6 @@ __all__ = [
     "condition_images",
     "crop_to_resolution",
     "detector_line_weights",
-    "estimate_axis_angle",
     "fourier_transform",
     "half_to_full",
     "profiles",
@@ -411,38 +410,6 @@ def add_spectra(accumulators: list[PowerSpectrumAccumulator], images: ArrayLike,
         np.add.at(acc._offsets, b, offsets)
 
 
-def estimate_axis_angle(image: ArrayLike) -> float:
-    """In-plane direction of a filament's axis in a class average.
-
-    The principal (major) axis of the second moments of the positive part of
-    the mean-subtracted image inside the inscribed disc, about its weighted
-    centroid.  Assumes protein is bright (positive), as in cryoSPARC/RELION
-    class averages.
-
-    Parameters
-    ----------
-    image : array_like, shape (N, N)
-
-    Returns
-    -------
-    float
-        Axis direction in radians in ``[0, pi)``, measured from +x (columns)
-        towards +y (rows).
-    """
-    img = np.asarray(image, dtype=np.float64)
-    n = img.shape[0]
-    y, x = np.mgrid[0:n, 0:n] - n // 2
-    inside = np.hypot(x, y) <= n / 2
-    w = np.where(inside, np.maximum(img - img[inside].mean(), 0.0), 0.0)
-    total = w.sum()
-    if total <= 0:
-        raise ValueError("image has no positive contrast")
-    cx, cy = (w * x).sum() / total, (w * y).sum() / total
-    dx, dy = x - cx, y - cy
-    ixx, iyy, ixy = (w * dx * dx).sum(), (w * dy * dy).sum(), (w * dx * dy).sum()
-    return float(np.mod(0.5 * np.arctan2(2 * ixy, ixx - iyy), np.pi))
-
-
 def axis_rotation(axis_angle: float, target: Literal["class", "vertical", "horizontal"]) -> float:
     """Rotation that puts a filament axis along y or x.
 
@@ -452,7 +419,7 @@ def axis_rotation(axis_angle: float, target: Literal["class", "vertical", "horiz
     Parameters
     ----------
     axis_angle : float
-        Axis direction in radians (e.g. from :func:`estimate_axis_angle`).
+        Axis direction in radians (e.g. from :func:`csplugin.engines.filament.filament_axis_angle`).
     target : {"class", "vertical", "horizontal"}
         ``"class"``: keep the class-average frame (returns 0);
         ``"vertical"``: axis along y / rows (HILL, Bsoft);

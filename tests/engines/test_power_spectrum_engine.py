@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
+from csplugin.engines.filament import filament_axis_angle
 from csplugin.engines.power_spectrum import (
     PowerSpectrumAccumulator,
     axis_rotation,
     condition_images,
     crop_to_resolution,
-    estimate_axis_angle,
     half_to_full,
     profiles,
     soft_circular_mask,
@@ -257,10 +257,10 @@ def test_rotation_is_bilinear_so_power_stays_non_negative() -> None:
 
 
 @pytest.mark.parametrize("degrees", [0.0, 30.0, 90.0, 120.0])
-def test_estimate_axis_angle(degrees: float) -> None:
+def test_filament_axis_angle(degrees: float) -> None:
     rng = np.random.default_rng(9)
     img = _filament(128, np.deg2rad(degrees)) + 0.2 * rng.standard_normal((128, 128))
-    est = np.rad2deg(estimate_axis_angle(img))
+    est = np.rad2deg(filament_axis_angle(img))
     assert abs((est - degrees + 90) % 180 - 90) < 1.0
 
 
@@ -282,7 +282,7 @@ def test_spectrum_axis_orientation_end_to_end(target: str) -> None:
     angles = rng.uniform(0, 2 * np.pi, 200)
     acc = PowerSpectrumAccumulator(box)
     acc.add(_particles(cls, angles, 0.3, rng), angles)
-    spec = acc.result(axis_rotation(estimate_axis_angle(cls), target))
+    spec = acc.result(axis_rotation(filament_axis_angle(cls), target))
     m, k = 2 * box, round(2 * box / period)
     c = m // 2
     on_column, on_row = spec[c + k, c], spec[c, c + k]
