@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from csplugin.core.threads import cores
 from formats import InputError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def connect(scheduler: str | None = None, workers: int | None = None
     if workers is not None:
         if workers < 1:
             raise InputError(None, f"--workers {workers} must be at least 1", "e.g. --workers 4")
-        threads = str(max(1, _cores() // workers))
+        threads = str(max(1, cores() // workers))
         env = {name: threads for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
                                           "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         with _sigint_ignored():  # inherited: Ctrl-C stops this process, which closes them
@@ -162,10 +162,3 @@ def _sigint_ignored() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, old)
 
-
-def _cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

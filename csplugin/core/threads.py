@@ -12,6 +12,11 @@ def threads() -> int:
         value = os.environ.get(name, "").strip()
         if value.isdigit() and int(value) > 0:
             return int(value)
+    return cores()
+
+
+def cores() -> int:
+    """CPU cores this process may use (``os.sched_getaffinity``, so ``taskset`` counts)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
