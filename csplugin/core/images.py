@@ -175,6 +175,27 @@ def _open(path: str) -> Stack:
     return open_stack(path)
 
 
+def open_class_averages(path: str | Path, class_index: np.ndarray, box: int) -> Stack:
+    """Open a stack of a job's own class averages (cryoSPARC ``J##_class_averages.mrc``,
+    RELION ``_classes.mrcs``: slice = 0-based class index) and check that it fits.
+
+    Raises
+    ------
+    InputError
+        Images of another size than the particles' ``box``, or fewer slices than the
+        largest of ``class_index`` (0-based) needs.
+    """
+    stack = open_stack(path)
+    if stack.box != (box, box):
+        raise InputError(path, f"holds {stack.box} images, the particles are {box} px",
+                         "pass the class averages of the same job")
+    if len(class_index) and int(np.max(class_index)) >= stack.n:
+        raise InputError(path, f"has {stack.n} images but class index "
+                         f"{int(np.max(class_index))} (0-based) is needed",
+                         "pass the class averages of the same job")
+    return stack
+
+
 def read_chunk(table: ParticleTable, rows: np.ndarray, stacks: dict[str, Stack]) -> np.ndarray:
     """Images ``(k, N, N)`` float32 of the particles at table positions ``rows`` (``(k,)``)."""
     p = table.particles

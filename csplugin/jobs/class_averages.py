@@ -31,14 +31,13 @@ from csplugin.averaging.engine import (
 )
 from csplugin.averaging.sources import ClassAvgSource, SavedAverages
 from csplugin.core import conventions as cv
-from csplugin.core.images import check_stacks
+from csplugin.core.images import check_stacks, open_class_averages
 from csplugin.core.particles import ParticleTable
 from csplugin.engines.correlation import disc_correlation
 from csplugin.jobs.runners import SerialRunner, TaskRunner, task_table, used_stacks
 from csplugin.outputs.averages import output_paths, write_averages
 from csplugin.outputs.directory import claim, transaction
 from formats import InputError
-from formats.mrc import Stack, open_stack
 
 
 @dataclass(frozen=True)
@@ -149,7 +148,7 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
     stacks = check_stacks(table)
     index = table.particles["class_index"].to_numpy()
     class_index = np.unique(index)
-    given = _open_compare(compare, class_index, box) if compare is not None else None
+    given = open_class_averages(compare, class_index, box) if compare is not None else None
     for k in class_index:
         if w[index == k].sum() <= 0:
             raise InputError(table.source, f"class {cv.to_base(k, table.class_base)}: the "
@@ -186,17 +185,6 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
         final["mrcs"], final["cs"], final["star"], final["png"], numbers, counts, averages,
         snrs if ctf == "wiener" else None, comparison,
         outdir / "compare.csv" if comparison is not None else None)
-
-
-def _open_compare(path: str | Path, class_index: np.ndarray, box: int) -> Stack:
-    stack = open_stack(path)
-    if stack.box != (box, box):
-        raise InputError(path, f"holds {stack.box} images, the particles are {box} px",
-                         "compare with the class averages of the same job")
-    if class_index.max() >= stack.n:
-        raise InputError(path, f"has {stack.n} images but class index {class_index.max()} "
-                         "(0-based) is averaged", "compare with the class averages of the same job")
-    return stack
 
 
 @transaction()  # source.save below writes into this claim's staging directory

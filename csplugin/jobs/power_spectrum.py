@@ -62,7 +62,7 @@ from typing import Literal
 
 import numpy as np
 
-from csplugin.core.images import check_stacks, iter_chunks
+from csplugin.core.images import check_stacks, iter_chunks, open_class_averages
 from csplugin.core.memory import limit_arenas, release_free_memory
 from csplugin.core.particles import ParticleTable
 from csplugin.core.threads import threads
@@ -83,7 +83,7 @@ from csplugin.outputs import figures
 from csplugin.outputs.directory import claim, transaction
 from formats import InputError
 from formats.atomic import atomic_output
-from formats.mrc import Stack, open_stack, write_image
+from formats.mrc import Stack, write_image
 
 Axis = Literal["class", "vertical", "horizontal"]
 #: Particles per class aligned to rebuild an average for the axis estimate.
@@ -469,14 +469,8 @@ def _stored_averages(path: str | Path | None, table: ParticleTable, labels: np.n
     """Stored class averages by class number; slice = 0-based class index."""
     if path is None:
         return {}
-    stack = open_stack(path)
-    if stack.box != (box, box):
-        raise InputError(path, f"holds {stack.box} images but the particles are {box} px",
-                         "pass the class averages of the same job")
     index = labels - table.class_base
-    if len(index) and index.max() >= stack.n:
-        raise InputError(path, f"has {stack.n} class averages; class {labels.max()} needs more",
-                         "pass the class averages of the same job")
+    stack = open_class_averages(path, index, box)
     return {int(k): image for k, image in zip(labels, stack.read(index))}
 
 
