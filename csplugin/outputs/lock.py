@@ -9,6 +9,7 @@ rebooted (``boot_id``); a lock from another host is never taken over.
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -103,9 +104,14 @@ def acquire_lock(lock: Path, command: str | None = None) -> dict[str, Any]:
             "command": command or command_line(), "proc_start": _proc_start(pid),
             "boot_id": _boot_id(), "token": uuid.uuid4().hex}
     data = json.dumps(info).encode()
+    # written whole beside the lock, then hard-linked into place (fails if the lock exists):
+    # another job never reads a lock that is still empty
+    tmp = lock.with_name(f".{lock.name}.{info['token']}.part")
     for _ in range(10):
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            tmp.write_bytes(data)
+            _link_or_create(tmp, lock, data)
+            return info
         except FileExistsError:
             holder = lock_holder(lock)
             if holder is None:
@@ -114,16 +120,34 @@ def acquire_lock(lock: Path, command: str | None = None) -> dict[str, Any]:
                 _remove_stale_lock(lock, holder)
                 continue
             raise _held(lock, holder) from None
-        try:
-            os.write(fd, data)
-        except BaseException:
-            os.close(fd)
-            lock.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        return info
+        except FileNotFoundError:
+            continue  # the holder's debris clean-up took our .part: write it again
+        finally:
+            tmp.unlink(missing_ok=True)
     raise InputError(lock.parent, "its lock kept changing hands",
                      "another csplugin job is starting there; try again")
+
+
+def _link_or_create(tmp: Path, lock: Path, data: bytes) -> None:
+    """Make ``lock`` hold ``data``, failing with FileExistsError when it exists: a hard link of
+    ``tmp`` (atomic and whole), or ``O_EXCL`` create-and-write where the file system has no
+    hard links."""
+    try:
+        os.link(tmp, lock)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+    except BaseException:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
+        raise
+    os.close(fd)
 
 
 def _held(lock: Path, holder: dict[str, Any]) -> InputError:

@@ -396,3 +396,23 @@ def test_signal_inside_a_c_callback_is_sent_again_not_lost(monkeypatch: pytest.M
     assert done.wait(5) and sent == [signal.SIGTERM]
     with pytest.raises(od.Terminated):
         signals._on_signal(signal.SIGTERM, None)
+
+
+def test_a_lock_is_never_seen_empty(tmp_path: Path) -> None:
+    """The lock appears whole (hard link of a written file): a job polling it while another
+    takes and releases it 300 times never reads an empty or partial lock."""
+    lock = tmp_path / ".csplugin.lock"
+    code = ("import sys; from pathlib import Path; "
+            "from csplugin.outputs.lock import acquire_lock, release_lock\n"
+            "lock = Path(sys.argv[1])\n"
+            "for _ in range(300):\n"
+            "    release_lock(lock, acquire_lock(lock))\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(lock)])
+    seen = 0
+    while child.poll() is None:
+        holder = lk.lock_holder(lock)
+        if holder is not None:
+            assert holder.get("pid") == child.pid, holder
+            seen += 1
+    assert child.returncode == 0 and seen > 0
+    assert not list(tmp_path.glob(".*.part"))
