@@ -54,7 +54,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 from numpy.typing import ArrayLike, NDArray
 
 from csplugin.engines import fft as _fft  # noqa: F401  (sets the OpenMP wait policy first)
@@ -67,6 +69,7 @@ _EPS = 1e-6  # RELION's XMIPP_EQUAL_ACCURACY: tolerance of the "inside the box" 
 _POLE = np.sqrt(3.0) - 2.0  # pole of the cubic B-spline prefilter
 _HORIZON = 24  # |pole|**24 < 2e-14: truncation of the causal initial sum
 _PAD = 2  # mirror padding of the spline coefficients (cubic reads indices -1..N+1)
+_I32, _I64, _F32 = ir.IntType(32), ir.IntType(64), ir.FloatType()  # LLVM types (_spline16)
 
 
 def source_coordinates(angle: float, shift: ArrayLike, n: int) -> NDArray[np.float64]:
@@ -169,10 +172,12 @@ def _align_cubic(imgs, cos_t, sin_t, shifts, out):
         _bspline(coef, cos_t[k], sin_t[k], shifts[k, 0], shifts[k, 1], out[k])
 
 
-# Both kernels work one output row at a time in two passes: ``_source_row``
-# (vectorised) finds the source point of every pixel, then the lookups run as
-# plain scalar code on unsigned flat indices (numba adds negative-index fix-ups
-# to signed ones, which costs ~2x here).
+# Both kernels work one output row at a time: ``_source_row`` (vectorised) finds the
+# source point of every pixel, then the lookups run per pixel on unsigned flat indices
+# (numba adds negative-index fix-ups to signed ones, which costs ~2x here): scalar for
+# "linear", 4-wide vectors for "cubic" (``_spline16``).  Costs per 256x256 image on one
+# core (AMD EPYC, AVX-512): linear ~130 us; cubic ~50 us prefilter + ~120 us evaluation
+# (was ~250 us with 16 scalar products per pixel).
 
 
 @njit(cache=True)
@@ -233,42 +238,87 @@ def _bspline(coef, c, s, sx, sy, out):
     base = np.empty(n, dtype=np.uint64)
     fu = np.empty(n)
     fv = np.empty(n)
-    w = np.empty((8, n), dtype=np.float32)
+    wx = np.empty((4, n), dtype=np.float32)
+    tv = np.empty(n, dtype=np.float32)
     step = np.uint64(m)
     for i in range(n):
         # base addresses coef[PAD - 1 + iu, PAD - 1 + iv], the corner of the 4x4 neighbourhood
         _source_row(i, c, s, sx, sy, n, m, 1, (_PAD - 1) * (m + 1), inside, base, fu, fv)
+        for j in range(n):  # vectorised: x weights (one row per tap) and y offsets
+            t = np.float32(fu[j])
+            wx[0, j], wx[1, j], wx[2, j], wx[3, j] = _weights(t)
+            tv[j] = np.float32(fv[j])
         for j in range(n):
-            w[0, j], w[1, j], w[2, j], w[3, j] = _weights(np.float32(fu[j]))
-            w[4, j], w[5, j], w[6, j], w[7, j] = _weights(np.float32(fv[j]))
-        for j in range(n):
-            p, b0, b1, b2, b3 = base[j], w[4, j], w[5, j], w[6, j], w[7, j]
-            val = w[0, j] * _dot4(flat, p, b0, b1, b2, b3)
-            val += w[1, j] * _dot4(flat, p + step, b0, b1, b2, b3)
-            val += w[2, j] * _dot4(flat, p + step + step, b0, b1, b2, b3)
-            val += w[3, j] * _dot4(flat, p + step + step + step, b0, b1, b2, b3)
+            val = _spline16(flat, base[j], step, wx, j, tv[j])
             out[i, j] = val if inside[j] else np.float32(0.0)
 
 
-@njit(cache=True, inline="always")
-def _dot4(flat, p, b0, b1, b2, b3):
-    """``b0 * flat[p] + b1 * flat[p + 1] + b2 * flat[p + 2] + b3 * flat[p + 3]``, ``p`` unsigned."""
-    p1 = p + np.uint64(1)
-    p2 = p1 + np.uint64(1)
-    return b0 * flat[p] + b1 * flat[p1] + b2 * flat[p2] + b3 * flat[p2 + np.uint64(1)]
+# 6x the cubic B-spline weights of the samples at offsets -1, 0, 1, 2 from t in [0, 1),
+# as polynomials: w_k(t) = _SPLINE[k, 0] + _SPLINE[k, 1] t + _SPLINE[k, 2] t^2 + _SPLINE[k, 3] t^3.
+# The factor 6 per axis cancels the gain the prefilter leaves out.
+_SPLINE = np.array([[1, -3, 3, -1], [4, 0, -6, 3], [1, 3, 3, -3], [0, 0, 0, 1]], dtype=np.float32)
 
 
 @njit(cache=True, inline="always")
 def _weights(t):
-    """6x the cubic B-spline weights of the samples at offsets -1, 0, 1, 2 from ``t`` in [0, 1).
-
-    The factor 6 per axis cancels the gain the prefilter leaves out.
-    """
+    """``w_0(t), ..., w_3(t)`` (see ``_SPLINE``) for ``t`` in [0, 1); they sum to 6 exactly."""
     t2 = t * t
     t3 = t2 * t
     w0 = np.float32(1.0) + np.float32(3.0) * (t2 - t) - t3  # (1 - t)^3
     w2 = w0 + np.float32(6.0) * t - np.float32(2.0) * t3  # 1 + 3t + 3t^2 - 3t^3
     return w0, np.float32(6.0) - w0 - w2 - t3, w2, t3
+
+
+@intrinsic
+def _spline16(typingctx, flat, p, step, wx, j, t):
+    """Cubic B-spline value at one source point: 16 taps as four 4-wide vectors.
+
+    ``flat[p + k * step + l]`` (``k``, ``l`` = 0..3) is the 4x4 neighbourhood, ``k`` along
+    x with weights ``wx[k, j]``, ``l`` along y (contiguous) with weights ``w_l(t)``.
+    Computes ``sum_l w_l(t) sum_k wx[k, j] flat[p + k step + l]``: four 128-bit loads,
+    multiply-adds on whole vectors, the y weights by Horner's rule in one vector and one
+    horizontal sum, instead of 16 scalar products (LLVM does not find this on its own).
+    """
+    f32 = types.float32
+    if not (flat == types.Array(f32, 1, "C") and wx == types.Array(f32, 2, "C")
+            and p == types.uint64 and step == types.uint64 and j == types.int64 and t == f32):
+        return None  # numba reports the mismatch as a typing error
+    sig = f32(flat, p, step, wx, j, t)
+
+    def codegen(context, builder, signature, args):
+        flat_v, p_v, step_v, wx_v, j_v, t_v = args
+        data = context.make_array(signature.args[0])(context, builder, flat_v).data
+        weights = context.make_array(signature.args[3])(context, builder, wx_v)
+        n = builder.extract_value(weights.shape, 1)
+        vec = ir.VectorType(_F32, 4)
+        vptr = vec.as_pointer()
+        contract = ("contract",)
+
+        def splat(x):
+            v = builder.insert_element(ir.Constant(vec, None), x, _I32(0))
+            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 4), [0] * 4))
+
+        acc, index = None, p_v
+        for k in range(4):
+            at = builder.add(builder.mul(n, _I64(k)), j_v)
+            wk = builder.load(builder.gep(weights.data, [at]), typ=_F32)
+            at = builder.bitcast(builder.gep(data, [index]), vptr)
+            column = builder.load(at, align=4, typ=vec)
+            term = builder.fmul(column, splat(wk), flags=contract)
+            acc = term if acc is None else builder.fadd(acc, term, flags=contract)
+            index = builder.add(index, step_v)
+        tt = splat(t_v)
+        wy = ir.Constant(vec, [float(x) for x in _SPLINE[:, 3]])
+        for power in (2, 1, 0):
+            coeffs = ir.Constant(vec, [float(x) for x in _SPLINE[:, power]])
+            wy = builder.fadd(builder.fmul(wy, tt, flags=contract), coeffs, flags=contract)
+        prod = builder.fmul(acc, wy)
+        high = builder.shuffle_vector(prod, prod, ir.Constant(ir.VectorType(_I32, 4), [2, 3, 2, 3]))
+        pair = builder.fadd(prod, high)
+        return builder.fadd(builder.extract_element(pair, _I32(0)),
+                            builder.extract_element(pair, _I32(1)))
+
+    return sig, codegen
 
 
 @njit(cache=True)
