@@ -46,6 +46,12 @@ class ParticleTable(Protocol):
     def __len__(self) -> int: ...
 
 
+class Reader(Protocol):
+    """Images of table positions: see :func:`reader`."""
+
+    def __call__(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+
+
 def check_stacks(table: ParticleTable) -> dict[str, Stack]:
     """Open every stack the table references and check its indices and box size.
 
@@ -203,16 +209,35 @@ def read_chunk(table: ParticleTable, rows: np.ndarray, stacks: dict[str, Stack])
                  int(p["box"].iloc[rows[0]]))
 
 
-def _read(stack_col: np.ndarray, index_col: np.ndarray, stacks: dict[str, Stack], box: int
-          ) -> np.ndarray:
+def reader(table: ParticleTable, stacks: dict[str, Stack]) -> Reader:
+    """``read(rows, out=None)`` -> images ``(k, N, N)`` float32 of the table positions
+    ``rows`` (into ``out`` if given: a buffer used again costs no page faults, ~45 µs per
+    256² image in fresh memory), like :func:`read_chunk` with the table's columns taken
+    once; thread-safe (each call opens the stacks it reads)."""
+    p = table.particles
+    stack_col, index_col = p["stack"].to_numpy(), p["stack_index"].to_numpy()
+    box = table.box()
+
+    def read(rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return _read(stack_col[rows], index_col[rows], stacks, box, out)
+
+    return read
+
+
+def _read(stack_col: np.ndarray, index_col: np.ndarray, stacks: dict[str, Stack], box: int,
+          out: np.ndarray | None = None) -> np.ndarray:
     """Images ``(k, N, N)`` float32 for ``(k,)`` stack paths and 0-based indices."""
-    out = np.empty((len(stack_col), box, box), np.float32)
+    if out is None:
+        out = np.empty((len(stack_col), box, box), np.float32)
     if len(stack_col) and (stack_col[0] == stack_col).all():  # the common case: one stack
         stacks[stack_col[0]].read(index_col, out=out)
     else:
         for path in np.unique(stack_col):
             mine = np.flatnonzero(stack_col == path)
-            out[mine] = stacks[path].read(index_col[mine])
+            if mine[-1] - mine[0] + 1 == len(mine):  # the usual case: read in place
+                stacks[path].read(index_col[mine], out=out[mine[0]:mine[-1] + 1])
+            else:
+                out[mine] = stacks[path].read(index_col[mine])
     finite = np.isfinite(out).all(axis=(1, 2))
     if not finite.all():
         j = int(np.flatnonzero(~finite)[0])

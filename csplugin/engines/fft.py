@@ -228,15 +228,17 @@ class PaddedRFFT2:
         return self.output
 
 
-def padded_rfft2(n: int, m: int, batch: int | None = None, expected: int = 0) -> PaddedRFFT2:
+def padded_rfft2(n: int, m: int, batch: int | None = None, expected: int = 0,
+                 n_threads: int | None = None) -> PaddedRFFT2:
     """The cached :class:`PaddedRFFT2` for ``N``, ``M`` and ``batch`` (default: about
     :data:`BATCH_BYTES` of output, at least 1) of the calling thread (each thread gets its
     own buffers); ``expected`` images to transform in this run choose the planning effort
-    (see :data:`MEASURE_FROM`)."""
+    (see :data:`MEASURE_FROM`); ``n_threads`` FFTW threads (default :func:`threads`; 1 for
+    a plan run by each of several worker threads)."""
     if batch is None:  # a power of two (divides the 16 MiB reading chunks), at least 1
         fit = max(1, min(64, BATCH_BYTES // (8 * m * (m // 2 + 1))))
         batch = 1 << (fit.bit_length() - 1)
-    n_threads = threads()
+    n_threads = threads() if n_threads is None else n_threads
     effort = _effort(expected)
     key = (n, m, batch, n_threads, threading.get_ident())  # buffers are not shared by threads
     with _lock:
@@ -244,7 +246,7 @@ def padded_rfft2(n: int, m: int, batch: int | None = None, expected: int = 0) ->
         if plan is None:
             plan = PaddedRFFT2(n, m, batch, n_threads, effort)
             _plans[key] = plan
-            while len(_plans) > _MAX_PLANS:
+            while len(_plans) > max(_MAX_PLANS, 4 * threads()):  # several per worker thread
                 _plans.popitem(last=False)
         else:
             _plans.move_to_end(key)

@@ -248,6 +248,17 @@ class PowerSpectrumAccumulator:
         angles = np.asarray(angles, dtype=np.float64)
         return np.rint(np.mod(angles, math.pi) / self._bin_width).astype(np.int64) % self.n_bins
 
+    def count(self, angles: ArrayLike) -> None:
+        """Count particles with these angles (rad) into their bins: their number and angle
+        offsets, from which :meth:`rotated_sums` takes each bin's rotation. :func:`add_spectra`
+        does this with the power unless told not to."""
+        angles = np.asarray(angles, dtype=np.float64)
+        b = self.psi_bins(angles)
+        # offset from the bin centre, wrapped into [-pi/2, pi/2)
+        offsets = np.mod(angles - b * self._bin_width + math.pi / 2, math.pi) - math.pi / 2
+        np.add.at(self._counts, b, 1)
+        np.add.at(self._offsets, b, offsets)
+
     def merge(self, other: PowerSpectrumAccumulator) -> None:
         """Add the particles of ``other`` (same settings) to this accumulator, exactly."""
         keys = ("box", "pad", "mask", "normalize", "suppress_detector_lines", "n_bins", "quantity")
@@ -336,7 +347,8 @@ def _mapped_zeros(shape: tuple[int, ...]) -> NDArray[np.float32]:
 
 
 def add_spectra(accumulators: list[PowerSpectrumAccumulator], images: ArrayLike,
-                angles: ArrayLike, owners: ArrayLike) -> None:
+                angles: ArrayLike, owners: ArrayLike, *, n_threads: int | None = None,
+                batch: int | None = None, count: bool = True) -> None:
     """Add particles to several accumulators of the same settings, one FFT per image.
 
     Parameters
@@ -351,11 +363,20 @@ def add_spectra(accumulators: list[PowerSpectrumAccumulator], images: ArrayLike,
     owners : array_like, shape (n,), int
         Index into ``accumulators`` of each image's accumulator; negative: leave the
         image out (it is not transformed).
+    n_threads, batch
+        FFTW threads and images per FFT batch (defaults: :func:`csplugin.core.threads.threads`
+        and about :data:`csplugin.engines.fft.BATCH_BYTES` of output). A worker thread of
+        :func:`csplugin.engines.parallel_spectra.accumulate_in_parallel` uses 1 thread and
+        a batch that stays in its caches.
+    count
+        Also count the particles into their bins (their number and angle offsets). False
+        for callers that add the power of disjoint bins from several threads and count
+        once themselves (:meth:`PowerSpectrumAccumulator.count`).
 
     Each image is conditioned straight into the input of a cached FFT plan
     (:func:`csplugin.engines.fft.padded_rfft2`), transformed with the other images of its
     batch, and its ``|F|²`` (or ``|F|``) added from the plan's output into its psi bin on
-    the half plane; no per-image arrays are allocated.
+    the half plane, in the order of ``images``; no per-image arrays are allocated.
     """
     if not accumulators:
         raise ValueError("no accumulators")
@@ -382,32 +403,34 @@ def add_spectra(accumulators: list[PowerSpectrumAccumulator], images: ArrayLike,
     images = np.ascontiguousarray(images, dtype=np.float32)
     bins = first.psi_bins(angles)
     subtract = first.mask or first.pad > 1
-    plan = fft.padded_rfft2(box, first.size, expected=max(len(owners), fft.MEASURE_FROM))
+    plan = fft.padded_rfft2(box, first.size, batch=batch,
+                            expected=max(len(owners), fft.MEASURE_FROM), n_threads=n_threads)
     weights = first._mask if first._mask is not None else np.ones((box, box), np.float32)
     plain = not subtract and not first.normalize and first._mask is None
     power = first.quantity == "power"
     for start in range(0, len(owners), plan.batch):
         k = min(plan.batch, len(owners) - start)
         target = plan.input[:k]
-        batch = images[start:start + k] if gather is None else images[gather[start:start + k]]
+        batch_images = (images[start:start + k] if gather is None
+                        else images[gather[start:start + k]])
         if plain:
-            np.copyto(target, batch)
+            np.copyto(target, batch_images)
         else:
-            _condition(batch, target, subtract or first.normalize, first.normalize, weights)
+            _condition(batch_images, target, subtract or first.normalize, first.normalize,
+                       weights)
         spectra = plan.execute(k)
         mine = owners[start:start + k]
+        if (mine == mine[0]).all():
+            fft.accumulate_power(spectra, np.arange(k), bins[start:start + k],
+                                 accumulators[mine[0]]._sums, power)
+            continue
         for a in np.unique(mine):
             slots = np.flatnonzero(mine == a)
             fft.accumulate_power(spectra, slots, bins[start + slots], accumulators[a]._sums,
                                  power)
-    for a in np.unique(owners):
-        acc = accumulators[a]
-        sel = owners == a
-        b = bins[sel]
-        # offset from the bin centre, wrapped into [-pi/2, pi/2)
-        offsets = np.mod(angles[sel] - b * acc._bin_width + math.pi / 2, math.pi) - math.pi / 2
-        np.add.at(acc._counts, b, 1)
-        np.add.at(acc._offsets, b, offsets)
+    if count:
+        for a in np.unique(owners):
+            accumulators[a].count(angles[owners == a])
 
 
 def axis_rotation(axis_angle: float, target: Literal["class", "vertical", "horizontal"]) -> float:

@@ -89,7 +89,7 @@ def condition_images(
     return out
 
 
-@njit(parallel=True, cache=True, fastmath=True)  # fastmath: vectorised sums
+@njit(parallel=True, cache=True, fastmath=True, nogil=True)  # fastmath: vectorised sums
 def _condition(src, out, subtract_mean, normalize, mask):  # pragma: no cover - numba
     npix = src.shape[1] * src.shape[2]
     for i in prange(src.shape[0]):

@@ -311,9 +311,12 @@ def fold_twist(twist: float) -> float:
 def helical_outputs(outdir: Path, entries: list[tuple[int, float | None, np.ndarray,
                                                       ClassExtras]],
                     pixel_size: float, box: int, options: Any, halves_how: str,
-                    summary: dict[str, Any]) -> dict[str, Any]:
+                    summary: dict[str, Any], draw: Callable[..., None] | None = None
+                    ) -> dict[str, Any]:
     """Write the helical outputs (module docstring) for the classes in ``entries``
-    (``(class, axis angle rad or None, linear uncropped spectrum, extras)``, in stack order).
+    (``(class, axis angle rad or None, linear uncropped spectrum, extras)``, in stack order);
+    the class figures are drawn by ``draw`` (see
+    :func:`csplugin.outputs.spectrum_figures.class_figures`).
 
     ``options`` is the job's :class:`csplugin.jobs.power_spectrum.SpectrumOptions`. Returns
     what goes into ``summary.json`` (``stack_order``, half-set rule, averages, indexing
@@ -382,10 +385,8 @@ def helical_outputs(outdir: Path, entries: list[tuple[int, float | None, np.ndar
                     pixel_size)
     helical_report.layer_lines_csv(outdir / "layer_lines.csv", results)
     helical_report.candidates_csv(outdir / "helical_candidates.csv", results)
-    t_fig = time.perf_counter()
     figures = spectrum_figures.class_figures(outdir, results, specs, header_pixel, pixel_size,
-                                             axis, options)
-    t_fig = time.perf_counter() - t_fig
+                                             axis, options, draw=draw)
     extra_summary = {
         "stack_order": stack_order,
         "half_sets": {"split_by": halves_how,
@@ -404,7 +405,7 @@ def helical_outputs(outdir: Path, entries: list[tuple[int, float | None, np.ndar
                                 "note": c.note} for c in r.candidates[:3]],
             "message": r.message} for r in results},
         "seconds": {"indexing": index_seconds, "helical_outputs": time.perf_counter() - t0,
-                    "figures": t_fig, "stacks_and_indexing": t_index},
+                    "stacks_and_indexing": t_index},
     }
     helical_report.index_html(outdir / "index.html", results, figures, {**summary,
                                                                         **extra_summary})

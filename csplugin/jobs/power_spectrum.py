@@ -54,7 +54,9 @@ Measured at box 256, pad 2, 12,000 particles in 3 classes with half sets: ~513 M
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,15 +64,15 @@ from typing import Literal
 
 import numpy as np
 
-from csplugin.core.images import check_stacks, iter_chunks, open_class_averages
+from csplugin.core.images import check_stacks, iter_chunks, open_class_averages, reader
 from csplugin.core.memory import limit_arenas, release_free_memory
 from csplugin.core.particles import ParticleTable
 from csplugin.core.threads import threads
 from csplugin.engines.filament import filament_axis_angle
+from csplugin.engines.parallel_spectra import accumulate_in_parallel
 from csplugin.engines.power_spectrum import (
     PowerSpectrumAccumulator,
     RotatedSums,
-    add_spectra,
     axis_rotation,
     crop_to_resolution,
     profiles,
@@ -81,6 +83,7 @@ from csplugin.jobs import helical_indexing as helical
 from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
 from csplugin.outputs import figures
 from csplugin.outputs.directory import claim, transaction
+from csplugin.outputs.figure_process import FigureProcess
 from formats import InputError
 from formats.atomic import atomic_output
 from formats.mrc import Stack, write_image
@@ -183,44 +186,46 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
     out = claim(outdir, [f"{n}.mrc" for n in names] + ["summary.json"], job="power-spectrum",
                 overwrite=overwrite)
     final_outdir, outdir = outdir, out.staging  # every file below goes into the staging dir
-    stored = _stored_averages(class_averages, table, labels, box)
-    keys: list[int | None] = [int(k) for k in labels] or [None]  # None: unclassified input
-    if runner is None:
-        class_sums = _grouped_passes(table, stacks, keys, stored, axis_angles, options,
-                                     memory_budget, progress)
-    else:
-        class_sums = _block_tasks(table, stacks, keys, stored, axis_angles, options,
-                                  block_particles, runner, progress)
-    pooled: RotatedSums | None = None
-    spectra: dict[str, np.ndarray] = {}
-    axis_deg: dict[int, float] = {}
-    helix: list[tuple[int, float | None, np.ndarray, helical.ClassExtras]] = []
-    for k, angle, sums, extras in class_sums:  # in class order
-        if angle is not None:
-            axis_deg[k] = float(np.rad2deg(angle))
-        if k is not None:
-            spectra[f"ps_class{k}"] = sums.spectrum()
-            helix.append((k, angle, spectra[f"ps_class{k}"], extras))
-        pooled = sums if pooled is None else pooled + sums
-    assert pooled is not None
-    spectra["ps_all"] = pooled.spectrum()
-    spectra["ps_camera_frame"] = pooled.camera_frame()
-    # the class PNGs (average | spectrum with layer lines | profiles) come from helical_outputs
-    header_pixel = _write_outputs(outdir, spectra, pixel_size, options,
-                                  skip_png={f"ps_class{k}" for k, *_ in helix})
-    counts = {int(k): int(np.sum(numbers == k)) for k in labels}
-    result = SpectrumResult(final_outdir, counts, axis_deg, pixel_size, header_pixel)
-    summary = {"input": str(table.source), "particles": len(table),
-               "class_numbering": "0-based" if table.class_base == 0 else "1-based",
-               "classes": counts, "axis_angles_deg": axis_deg, "pixel_size_A": pixel_size,
-               "header_pixel_size_A": header_pixel, "box": box,
-               "spectrum_size": int(spectra["ps_all"].shape[0]), "options": asdict(options)}
-    if helix:
-        summary.update(helical.helical_outputs(outdir, helix, pixel_size, box, options,
-                                               helical.filament_halves(table)[1], summary))
-    with atomic_output(outdir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-    return result
+    with FigureProcess() as draw:  # forked now, before the job's threads; draws the PNGs
+        stored = _stored_averages(class_averages, table, labels, box)
+        keys: list[int | None] = [int(k) for k in labels] or [None]  # None: unclassified input
+        if runner is None:
+            class_sums = _grouped_passes(table, stacks, keys, stored, axis_angles, options,
+                                         memory_budget, progress)
+        else:
+            class_sums = _block_tasks(table, stacks, keys, stored, axis_angles, options,
+                                      block_particles, runner, progress)
+        pooled: RotatedSums | None = None
+        spectra: dict[str, np.ndarray] = {}
+        axis_deg: dict[int, float] = {}
+        helix: list[tuple[int, float | None, np.ndarray, helical.ClassExtras]] = []
+        for k, angle, sums, extras in class_sums:  # in class order
+            if angle is not None:
+                axis_deg[k] = float(np.rad2deg(angle))
+            if k is not None:
+                spectra[f"ps_class{k}"] = sums.spectrum()
+                helix.append((k, angle, spectra[f"ps_class{k}"], extras))
+            pooled = sums if pooled is None else pooled + sums
+        assert pooled is not None
+        spectra["ps_all"] = pooled.spectrum()
+        spectra["ps_camera_frame"] = pooled.camera_frame()
+        # the class PNGs (average | spectrum with layer lines | profiles) come from helical_outputs
+        header_pixel = _write_outputs(outdir, spectra, pixel_size, options,
+                                      skip_png={f"ps_class{k}" for k, *_ in helix}, draw=draw)
+        counts = {int(k): int(np.sum(numbers == k)) for k in labels}
+        result = SpectrumResult(final_outdir, counts, axis_deg, pixel_size, header_pixel)
+        summary = {"input": str(table.source), "particles": len(table),
+                   "class_numbering": "0-based" if table.class_base == 0 else "1-based",
+                   "classes": counts, "axis_angles_deg": axis_deg, "pixel_size_A": pixel_size,
+                   "header_pixel_size_A": header_pixel, "box": box,
+                   "spectrum_size": int(spectra["ps_all"].shape[0]), "options": asdict(options)}
+        if helix:
+            summary.update(helical.helical_outputs(outdir, helix, pixel_size, box, options,
+                                                   helical.filament_halves(table)[1], summary,
+                                                   draw))
+        with atomic_output(outdir / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+        return result
 
 
 def _json_default(value: object) -> object:
@@ -289,30 +294,32 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
     rebuilt: dict[int, tuple[np.ndarray, int]] = {}
     axes: dict[int | None, float | None] = {}
     half_sums: dict[int | None, list[RotatedSums | None]] = {}
+    read, lock = reader(table, stacks), threading.Lock()
     for i, units in enumerate(passes):
         group = list(dict.fromkeys(unit[0] for unit in units))
         fresh = [k for k in group if k is not None and k not in axes]  # first pass of k
         owner = np.full(len(table), -1, np.int64)
         for j, unit in enumerate(units):
             owner[unit[2]] = j
-        read = np.flatnonzero((owner >= 0) | (chosen & np.isin(numbers, fresh)))
-        subset = table.take(read)
+        average = chosen & np.isin(numbers, fresh)  # read in this pass for class_averages
         scope = np.flatnonzero(np.isin(numbers, group)) if group != [None] else None
         masker = helical.filament_masker(table.take(scope) if scope is not None else table,
                                          stacks, group, given, stored, options)
         accs = [_accumulator(box, options) for _ in units]
-        for chunk_rows, images in iter_chunks(subset, stacks=stacks):
-            rows = read[chunk_rows]
-            owners = owner[rows]
-            where = np.searchsorted(scope, rows) if scope is not None else rows
-            add_spectra(accs, masker(images, where) if masker else images,  # one FFT each
-                        angles[rows], owners)
-            for k in fresh:
-                mine = (numbers[rows] == k) & chosen[rows]
-                if np.any(mine):
-                    _rebuild(rebuilt, k, images[mine], table, rows[mine], None)
-            if progress is not None:
-                progress(int(np.count_nonzero(owners >= 0)))
+
+        def add_average(rows: np.ndarray, images: np.ndarray, average=average) -> None:
+            mine = average[rows]
+            for k in np.unique(numbers[rows[mine]]):
+                sel = mine & (numbers[rows] == k)
+                _rebuild(rebuilt, int(k), images[sel], table, rows[sel], None, lock)
+
+        def prepare(rows: np.ndarray, images: np.ndarray, masker=masker, scope=scope
+                    ) -> np.ndarray:
+            return masker(images, np.searchsorted(scope, rows) if scope is not None else rows)
+
+        accumulate_in_parallel(accs, owner, angles, read, also=average,
+                               on_images=add_average if fresh else None,
+                               prepare=prepare if masker else None, progress=progress)
         for j, (k, h, *_) in enumerate(units):
             if k not in axes:  # its average is complete: this is the class's first pass
                 axes[k] = _axis_angle(k, given, stored, rebuilt, options.axis) if k is not None \
@@ -434,11 +441,9 @@ def spectrum_block(table: ParticleTable, stacks: dict[str, Stack], box: int,
     """Every particle of ``table`` in one accumulator, its bins rotated (plus ``rotation``)
     and summed: one power-spectrum task."""
     acc = _accumulator(box, options)
-    angles = table.particles["angle"].to_numpy()
-    for rows, images in iter_chunks(table, stacks=stacks):
-        acc.add(images, angles[rows])
-        if progress is not None:
-            progress(len(rows))
+    accumulate_in_parallel([acc], np.zeros(len(table), np.int64),
+                           table.particles["angle"].to_numpy(), reader(table, stacks),
+                           progress=progress)
     return acc.rotated_sums(rotation)
 
 
@@ -475,18 +480,27 @@ def _stored_averages(path: str | Path | None, table: ParticleTable, labels: np.n
 
 
 def _rebuild(sums: dict[int, tuple[np.ndarray, int]], k: int, images: np.ndarray,
-             table: ParticleTable, rows: np.ndarray,
-             limit: int | None = AXIS_PARTICLES) -> None:
-    """Add up to ``limit`` (None: all) aligned particles of class k to its running sum."""
-    have = sums.get(k)
-    count = 0 if have is None else int(have[1])
-    take = len(rows) if limit is None else min(len(rows), limit - count)
+             table: ParticleTable, rows: np.ndarray, limit: int | None = AXIS_PARTICLES,
+             lock: threading.Lock | None = None) -> None:
+    """Add up to ``limit`` (None: all) aligned particles of class k to its running sum
+    (float64, so the order in which threads add their parts changes it by ~1e-16 only);
+    with ``lock``, from several threads (then ``limit`` must be None)."""
+    if lock is None:
+        have = sums.get(k)
+        count = 0 if have is None else int(have[1])
+        take = len(rows) if limit is None else min(len(rows), limit - count)
+    else:
+        take = len(rows)
     if take <= 0:
         return
     p = table.particles.iloc[rows[:take]]
     aligned = align_images(images[:take], p["angle"].to_numpy(),
-                           p[["shift_x", "shift_y"]].to_numpy(), "linear").sum(axis=0)
-    sums[k] = (aligned if have is None else have[0] + aligned, count + take)
+                           p[["shift_x", "shift_y"]].to_numpy(), "linear").sum(
+                               axis=0, dtype=np.float64)
+    with lock or contextlib.nullcontext():
+        have = sums.get(k)
+        sums[k] = (aligned if have is None else have[0] + aligned,
+                   take + (0 if have is None else int(have[1])))
 
 
 def _axis_angle(k: int, given: dict[int, float] | None, stored: dict[int, np.ndarray],
@@ -501,8 +515,10 @@ def _axis_angle(k: int, given: dict[int, float] | None, stored: dict[int, np.nda
 
 
 def _write_outputs(outdir: Path, spectra: dict[str, np.ndarray], pixel_size: float,
-                   o: SpectrumOptions, skip_png: set[str] = frozenset()) -> float:  # type: ignore[assignment]
-    """Write every spectrum (.mrc, .png, profiles); return the header pixel size."""
+                   o: SpectrumOptions, skip_png: set[str] = frozenset(),  # type: ignore[assignment]
+                   draw: FigureProcess | None = None) -> float:
+    """Write every spectrum (.mrc, .png by ``draw``, profiles); return the header pixel
+    size."""
     header_pixel = pixel_size
     profile_axis = "horizontal" if o.axis == "horizontal" else "vertical"
     for name, spectrum in spectra.items():
@@ -513,5 +529,6 @@ def _write_outputs(outdir: Path, spectra: dict[str, np.ndarray], pixel_size: flo
         prof = profiles(spectrum, header_pixel, profile_axis)
         figures.profiles_csv(outdir / f"{name}_profiles.csv", prof)
         if name not in skip_png:
-            figures.spectrum_png(outdir / f"{name}.png", spectrum, header_pixel, prof, title=name)
+            (draw or FigureProcess(0))(figures.spectrum_png, outdir / f"{name}.png", spectrum,
+                                       header_pixel, prof, title=name)
     return header_pixel

@@ -15,7 +15,7 @@ a class; the classes are drawn on a small thread pool.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,6 @@ __all__ = ["class_figures", "class_png", "display_limit", "spectrum_display"]
 
 _DPI = 72
 _MAX_DISPLAY_PX = 320
-_WORKERS = 1
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -277,21 +276,23 @@ def _agreement(ax: Any, result: Any, noise_sd: float) -> None:
 
 def class_figures(outdir: Path, results: list[Any], spectra: list[np.ndarray],
                   header_pixel: float, pixel_size: float, axis: str,
-                  options: Any, halves: bool = True) -> dict[int, dict[str, str]]:
-    """Draw every class's figure (the agreement panel included when ``halves``) on a thread
-    pool; return ``{class: {"spectrum": file}}`` (names relative to ``outdir``)."""
+                  options: Any, halves: bool = True,
+                  draw: Callable[..., None] | None = None) -> dict[int, dict[str, str]]:
+    """Draw every class's figure (the agreement panel included when ``halves``), each by
+    ``draw(class_png, ...)`` (a :class:`csplugin.outputs.figure_process.FigureProcess`;
+    default: here, one after the other); return ``{class: {"spectrum": file}}`` (names
+    relative to ``outdir``)."""
     out: dict[int, dict[str, str]] = {}
-    jobs = []
-    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
-        for result, spectrum in zip(results, spectra):
-            name = f"ps_class{result.k}.png"
-            m = spectrum.shape[0]
-            noise_sd = math.sqrt(max(options.pad, 1) / max(m / 2, 1)) if halves else None
-            jobs.append(pool.submit(class_png, outdir / name, spectrum, header_pixel,
-                                    result.average, pixel_size, result, axis,
-                                    options.display_resolution, options.quantity,
-                                    f"class {result.k}", noise_sd))
-            out[result.k] = {"spectrum": name}
-        for job in jobs:
-            job.result()
+    for result, spectrum in zip(results, spectra):
+        name = f"ps_class{result.k}.png"
+        m = spectrum.shape[0]
+        noise_sd = math.sqrt(max(options.pad, 1) / max(m / 2, 1)) if halves else None
+        (draw or _now)(class_png, outdir / name, spectrum, header_pixel, result.average,
+                       pixel_size, result, axis, options.display_resolution,
+                       options.quantity, f"class {result.k}", noise_sd)
+        out[result.k] = {"spectrum": name}
     return out
+
+
+def _now(function: Callable[..., None], *args: Any) -> None:
+    function(*args)

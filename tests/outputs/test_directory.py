@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -400,19 +401,23 @@ def test_signal_inside_a_c_callback_is_sent_again_not_lost(monkeypatch: pytest.M
 
 def test_a_lock_is_never_seen_empty(tmp_path: Path) -> None:
     """The lock appears whole (hard link of a written file): a job polling it while another
-    takes and releases it 300 times never reads an empty or partial lock."""
-    lock = tmp_path / ".csplugin.lock"
+    takes and releases it at least 300 times (and until the poller has seen it held 20
+    times, or 20 s) never reads an empty or partial lock."""
+    lock, stop = tmp_path / ".csplugin.lock", tmp_path / "stop"
     code = ("import sys; from pathlib import Path; "
             "from csplugin.outputs.lock import acquire_lock, release_lock\n"
-            "lock = Path(sys.argv[1])\n"
-            "for _ in range(300):\n"
-            "    release_lock(lock, acquire_lock(lock))\n")
-    child = subprocess.Popen([sys.executable, "-c", code, str(lock)])
-    seen = 0
+            "lock, stop, i = Path(sys.argv[1]), Path(sys.argv[2]), 0\n"
+            "while i < 300 or not stop.exists():\n"
+            "    release_lock(lock, acquire_lock(lock))\n"
+            "    i += 1\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(lock), str(stop)])
+    seen, start = 0, time.monotonic()
     while child.poll() is None:
         holder = lk.lock_holder(lock)
         if holder is not None:
             assert holder.get("pid") == child.pid, holder
             seen += 1
+        if seen >= 20 or time.monotonic() - start > 20:
+            stop.touch()
     assert child.returncode == 0 and seen > 0
     assert not list(tmp_path.glob(".*.part"))
