@@ -229,6 +229,11 @@ def rotate_bins(sums, used, cos_a, sin_a, counts, halfwidth, partial, camera
         for c in range(m):
             if abs(c - centre) > halfwidth and abs(r - centre) > halfwidth:
                 mask[r * stride + c] = 1.0
+    # clear[p]: the 4 neighbours p, p + 1, p + stride, p + stride + 1 all have mask 1, where
+    # the masked sums equal the plain one bit for bit (f * 1 = f; the weights add up to n)
+    clear = np.zeros(stride * stride, dtype=np.bool_)
+    for p in range(stride * (stride - 1) - 1):
+        clear[p] = (mask[p] + mask[p + 1] + mask[p + stride] + mask[p + stride + 1]) == 4.0
     tasks = partial.shape[0]
     for t in prange(tasks):
         mine = used[t::tasks]
@@ -255,8 +260,9 @@ def rotate_bins(sums, used, cos_a, sin_a, counts, halfwidth, partial, camera
             for i in range(m):  # each output row: every bin of the group, then added once
                 rows[:] = 0.0
                 for g in range(size):
-                    _rotate_row(group[g], mask, my_cos[g0 + g], my_sin[g0 + g],
-                                my_counts[g0 + g], i, m, stride, lines, rows, inside, base, fu, fv)
+                    _rotate_row(group[g], mask, clear, my_cos[g0 + g], my_sin[g0 + g],
+                                my_counts[g0 + g], i, m, stride, lines, rows, inside, base, fu,
+                                fv)
                 for j in range(m):
                     out[0, i, j] += rows[0, j]
                 if lines:
@@ -266,14 +272,17 @@ def rotate_bins(sums, used, cos_a, sin_a, counts, halfwidth, partial, camera
 
 
 @njit(cache=True, inline="always")
-def _rotate_row(full, mask, cs, sn, n, i, m, stride, lines, rows, inside, base, fu, fv
+def _rotate_row(full, mask, clear, cs, sn, n, i, m, stride, lines, rows, inside, base, fu, fv
                 ):  # pragma: no cover - numba
     """Add output row ``i`` of the flat zero-bordered plane ``full`` rotated (exactly
     :func:`~csplugin.engines.transform.align_images` linear, rounded to float32) into
     ``rows[0]``; with ``lines`` the line-masked plane into ``rows[1]`` and ``n`` times the
-    rotated line mask into ``rows[2]``. ``inside``, ``base``, ``fu``, ``fv``: scratch."""
+    rotated line mask into ``rows[2]`` (where ``clear``, away from the lines and the border,
+    these are the plain value and ``n``: not computed again). ``inside``, ``base``, ``fu``,
+    ``fv``: scratch."""
     _source_row(i, cs, sn, 0.0, 0.0, m, 1, stride, 0, inside, base, fu, fv)
     right, down = np.uint64(1), np.uint64(stride)
+    n32 = np.float32(n)
     for j in range(m):
         if not inside[j]:
             continue
@@ -290,22 +299,28 @@ def _rotate_row(full, mask, cs, sn, n, i, m, stride, lines, rows, inside, base, 
         val += w01 * f01
         val += w10 * f10
         val += w11 * f11
-        rows[0, j] += np.float32(val)
-        if lines:
-            l00 = mask[p]
-            l01 = mask[p + right]
-            l10 = mask[p + down]
-            l11 = mask[p + down + right]
-            val = w00 * (f00 * l00)
-            val += w01 * (f01 * l01)
-            val += w10 * (f10 * l10)
-            val += w11 * (f11 * l11)
-            rows[1, j] += np.float32(val)
-            val = w00 * (n * l00)
-            val += w01 * (n * l01)
-            val += w10 * (n * l10)
-            val += w11 * (n * l11)
-            rows[2, j] += np.float32(val)
+        v32 = np.float32(val)
+        rows[0, j] += v32
+        if not lines:
+            continue
+        if clear[p]:
+            rows[1, j] += v32
+            rows[2, j] += n32
+            continue
+        l00 = mask[p]
+        l01 = mask[p + right]
+        l10 = mask[p + down]
+        l11 = mask[p + down + right]
+        val = w00 * (f00 * l00)
+        val += w01 * (f01 * l01)
+        val += w10 * (f10 * l10)
+        val += w11 * (f11 * l11)
+        rows[1, j] += np.float32(val)
+        val = w00 * (n * l00)
+        val += w01 * (n * l01)
+        val += w10 * (n * l10)
+        val += w11 * (n * l11)
+        rows[2, j] += np.float32(val)
 
 
 @njit(cache=True, inline="always")
