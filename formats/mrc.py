@@ -100,32 +100,50 @@ class Stack:
                              "check that the metadata points at the right stack")
         if out is None:
             out = np.empty((idx.size, *self.box), dtype=np.float32)
+        if idx.size == 0:
+            return out
         order = np.argsort(idx, kind="stable")
         sorted_idx = idx[order]
-        breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
-        with open(self.path, "rb", buffering=0) as f:
-            for run_pos in np.split(np.arange(idx.size), breaks):
-                if run_pos.size == 0:
-                    continue
-                first = int(sorted_idx[run_pos[0]])
-                targets = order[run_pos]
-                in_place = (self.dtype == out.dtype and targets[-1] - targets[0] == run_pos.size - 1
-                            and bool(np.all(np.diff(targets) == 1)))
+        cuts = (np.flatnonzero(np.diff(sorted_idx) != 1) + 1).tolist()
+        same = self.dtype == out.dtype
+        step = self.image_bytes
+        fd = os.open(self.path, os.O_RDONLY)
+        try:  # one positioned read per run of consecutive indices
+            for a, b in zip([0, *cuts], [*cuts, idx.size]):
+                targets = order[a:b]
+                first_target = int(targets[0])
+                in_place = same and (b - a == 1 or (
+                    int(targets[-1]) - first_target == b - a - 1
+                    and bool(np.all(np.diff(targets) == 1))))
                 # sequential float32 runs land directly in `out`; others go through a buffer
-                raw = out[targets[0]:targets[-1] + 1] if in_place else \
-                    np.empty((run_pos.size, *self.box), dtype=self.dtype)
-                f.seek(self.offset + first * self.image_bytes)
-                if f.readinto(memoryview(raw).cast("B")) != raw.nbytes:
+                raw = out[first_target:first_target + b - a] if in_place else \
+                    np.empty((b - a, *self.box), dtype=self.dtype)
+                if _pread_into(fd, raw, self.offset + int(sorted_idx[a]) * step) != raw.nbytes:
                     raise InputError(self.path, "ended early while reading images",
                                      "the file is truncated; copy it again")
                 if not in_place:
                     out[targets] = raw
+        finally:
+            os.close(fd)
         return out
 
     def mmap(self) -> np.memmap:
         """A read-only memory map of all images, shape ``(n, ny, nx)``, on-disk dtype."""
         return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
                          shape=(self.n, *self.box))
+
+
+def _pread_into(fd: int, array: np.ndarray, offset: int) -> int:
+    """Fill the contiguous ``array`` from byte ``offset`` of ``fd``; bytes read (fewer only
+    at the end of the file). Loops because one read returns at most ~2 GiB."""
+    view = memoryview(array).cast("B")
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            break
+        done += got
+    return done
 
 
 #: Every mode the MRC2014 standard defines (used to tell the byte order when the stamp lies).

@@ -140,6 +140,13 @@ class ParticleTable:
                              "(0-based for .cs, 1-based for .star)")
         return self.take(np.isin(index, cv.from_base(np.asarray(classes), self.class_base)))
 
+    def alignments(self) -> tuple[np.ndarray, np.ndarray]:
+        """In-plane angles ``(n,)`` (radians) and shifts ``(n, 2)`` (pixels, ``[:, 0]`` = x)
+        as float64 arrays, for :func:`csplugin.engines.transform.align_images`."""
+        p = self.particles
+        return (p["angle"].to_numpy(np.float64),
+                p[["shift_x", "shift_y"]].to_numpy(np.float64))
+
     def class_numbers(self) -> np.ndarray:
         """``(n,)`` class numbers in the input's own numbering (0-based .cs, 1-based .star)."""
         return cv.to_base(self.particles["class_index"].to_numpy(), self.class_base)

@@ -137,7 +137,7 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
     if also is not None:
         extra = np.flatnonzero(np.asarray(also, bool) & (owners < 0))
         tasks += [(rows, False) for rows in np.array_split(
-            extra, -(-len(extra) // (4 * task_particles)))] if len(extra) else []
+            extra, -(-len(extra) // task_particles))] if len(extra) else []
     m = first.size
     batch = max(1, _WORKER_BATCH_BYTES // (8 * m * (m // 2 + 1)))
     batch = 1 << (batch.bit_length() - 1)
@@ -149,8 +149,8 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
         numba.set_num_threads(1)  # this thread's kernels run serially: the others have cores
         buffer = getattr(local, "buffer", None)
         if buffer is None or len(buffer) < len(rows):
-            buffer = local.buffer = np.empty((max(len(rows), 2 * task_particles), box, box),
-                                             np.float32)
+            buffer = local.buffer = np.empty((max(len(rows), task_particles * 5 // 4), box,
+                                              box), np.float32)
         images = read(rows, buffer[:len(rows)])
         if on_images is not None:
             on_images(rows, images)

@@ -294,7 +294,7 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
     rebuilt: dict[int, tuple[np.ndarray, int]] = {}
     axes: dict[int | None, float | None] = {}
     half_sums: dict[int | None, list[RotatedSums | None]] = {}
-    read, lock = reader(table, stacks), threading.Lock()
+    read, lock, poses = reader(table, stacks), threading.Lock(), table.alignments()
     for i, units in enumerate(passes):
         group = list(dict.fromkeys(unit[0] for unit in units))
         fresh = [k for k in group if k is not None and k not in axes]  # first pass of k
@@ -303,15 +303,16 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
             owner[unit[2]] = j
         average = chosen & np.isin(numbers, fresh)  # read in this pass for class_averages
         scope = np.flatnonzero(np.isin(numbers, group)) if group != [None] else None
-        masker = helical.filament_masker(table.take(scope) if scope is not None else table,
-                                         stacks, group, given, stored, options)
+        masker = None if options.filament_width is None else helical.filament_masker(
+            table.take(scope) if scope is not None else table, stacks, group, given, stored,
+            options)
         accs = [_accumulator(box, options) for _ in units]
 
         def add_average(rows: np.ndarray, images: np.ndarray, average=average) -> None:
             mine = average[rows]
             for k in np.unique(numbers[rows[mine]]):
                 sel = mine & (numbers[rows] == k)
-                _rebuild(rebuilt, int(k), images[sel], table, rows[sel], None, lock)
+                _rebuild(rebuilt, int(k), images[sel], poses, rows[sel], None, lock)
 
         def prepare(rows: np.ndarray, images: np.ndarray, masker=masker, scope=scope
                     ) -> np.ndarray:
@@ -451,8 +452,9 @@ def rebuilt_average(table: ParticleTable, stacks: dict[str, Stack],
                     progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
     """Sum and count of the aligned particles of ``table`` (bilinear), for the axis estimate."""
     sums: dict[int, tuple[np.ndarray, int]] = {}
+    poses = table.alignments()
     for rows, images in iter_chunks(table, stacks=stacks):
-        _rebuild(sums, 0, images, table, rows)
+        _rebuild(sums, 0, images, poses, rows)
     return sums[0]
 
 
@@ -480,11 +482,12 @@ def _stored_averages(path: str | Path | None, table: ParticleTable, labels: np.n
 
 
 def _rebuild(sums: dict[int, tuple[np.ndarray, int]], k: int, images: np.ndarray,
-             table: ParticleTable, rows: np.ndarray, limit: int | None = AXIS_PARTICLES,
-             lock: threading.Lock | None = None) -> None:
+             poses: tuple[np.ndarray, np.ndarray], rows: np.ndarray,
+             limit: int | None = AXIS_PARTICLES, lock: threading.Lock | None = None) -> None:
     """Add up to ``limit`` (None: all) aligned particles of class k to its running sum
     (float64, so the order in which threads add their parts changes it by ~1e-16 only);
-    with ``lock``, from several threads (then ``limit`` must be None)."""
+    ``poses``: the table's :meth:`~csplugin.core.particles.ParticleTable.alignments`, ``rows``
+    index them; with ``lock``, from several threads (then ``limit`` must be None)."""
     if lock is None:
         have = sums.get(k)
         count = 0 if have is None else int(have[1])
@@ -493,10 +496,9 @@ def _rebuild(sums: dict[int, tuple[np.ndarray, int]], k: int, images: np.ndarray
         take = len(rows)
     if take <= 0:
         return
-    p = table.particles.iloc[rows[:take]]
-    aligned = align_images(images[:take], p["angle"].to_numpy(),
-                           p[["shift_x", "shift_y"]].to_numpy(), "linear").sum(
-                               axis=0, dtype=np.float64)
+    angles, shifts = poses
+    aligned = align_images(images[:take], angles[rows[:take]], shifts[rows[:take]],
+                           "linear").sum(axis=0, dtype=np.float64)
     with lock or contextlib.nullcontext():
         have = sums.get(k)
         sums[k] = (aligned if have is None else have[0] + aligned,
