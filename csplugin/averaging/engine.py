@@ -54,13 +54,15 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from csplugin.core import conventions as cv
-from csplugin.core.images import chunk_size_for, iter_chunks
+from csplugin.core.images import chunk_size_for, reader
 from csplugin.core.particles import ParticleTable
+from csplugin.core.threads import ordered_map
 from csplugin.engines.ctf import CTFParams, WienerAccumulator, ctf_2d, phase_flip
 from csplugin.engines.spill import TileSpill
 from csplugin.engines.stackers import (
@@ -83,6 +85,7 @@ CTF_MODES: tuple[str, ...] = ("none", "phase-flip", "wiener")
 FALLBACK_SNR = 1.0
 #: FRC threshold that ends the band used by :func:`estimate_snr`.
 FRC_THRESHOLD = 0.143
+T = TypeVar("T")
 _CTF_REQUIRED = ("defocus_u", "defocus_v", "defocus_angle", "voltage", "cs", "amplitude_contrast")
 _CTF_BYTES = 16 << 20  # one (k, N, N//2+1) float64 CTF stack per CTF chunk
 
@@ -206,7 +209,8 @@ def average_class(table: ParticleTable, stacks: dict[str, Stack], w: np.ndarray,
                   plan: AveragingPlan,
                    progress: Callable[[int], None] | None) -> tuple[np.ndarray, float]:
     """One class's average ``(N, N)`` and the Wiener SNR used (NaN without Wiener)."""
-    chunks = _prepared_chunks(table, stacks, plan, progress)
+    chunks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = _prepared_chunks(
+        table, stacks, plan, progress)
     if plan.ctf == "wiener":
         halves = (WienerAccumulator(plan.box), WienerAccumulator(plan.box))
         premultiplied = table.particles["ctf_premultiplied"].to_numpy(bool)
@@ -218,10 +222,15 @@ def average_class(table: ParticleTable, stacks: dict[str, Stack], w: np.ndarray,
                         halves[half].add(images[m], ctfs[m], w[rows[m]], premultiplied=flag)
         snr = plan.snr if plan.snr is not None else estimate_snr(*halves)
         return halves[0].merge(halves[1]).result(snr), snr
-    if plan.stacker is None:
+    if plan.stacker is None:  # each worker adds up its own chunk; the parts in table order
+        def part(rows: np.ndarray, images: np.ndarray, _: object) -> StreamingMean:
+            mine = StreamingMean()
+            mine.add(images, w[rows])
+            return mine
+
         mean = StreamingMean()
-        for rows, images, _ in chunks:
-            mean.add(images, w[rows])
+        for mine in _prepared_chunks(table, stacks, plan, progress, then=part):
+            mean.merge(mine)
         return mean.result(), np.nan
     n, n_pixels = len(table), plan.box * plan.box
     with TileSpill(n, n_pixels, plan.tile_bytes, plan.spill_dir) as spill:
@@ -233,18 +242,27 @@ def average_class(table: ParticleTable, stacks: dict[str, Stack], w: np.ndarray,
 
 
 def _prepared_chunks(table: ParticleTable, stacks: dict[str, Stack], plan: AveragingPlan,
-                     progress: Callable[[int], None] | None
-                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Yield ``(rows, images, ctfs)``: aligned (and, for phase-flip, flipped) images
-    ``(k, N, N)`` and, for Wiener, their CTFs in the aligned frame ``(k, N, N//2+1)``.
+                     progress: Callable[[int], None] | None,
+                     then: Callable[[np.ndarray, np.ndarray, np.ndarray | None], T] | None = None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]] | Iterator[T]:
+    """Yield ``(rows, images, ctfs)`` in table order: aligned (and, for phase-flip, flipped)
+    images ``(k, N, N)`` and, for Wiener, their CTFs in the aligned frame ``(k, N, N//2+1)``;
+    with ``then``, ``then(rows, images, ctfs)`` instead (computed with the chunk).
 
-    Particles with a true optional ``mirror`` column are mirrored (:func:`~csplugin.
-    conventions.mirror_y`) before they are aligned."""
+    Chunks are read and prepared by :func:`csplugin.core.threads.ordered_map` worker threads
+    (each reads its own chunk and runs the kernels on one thread), so reading, aligning and
+    ``then`` use every core. Particles with a true optional ``mirror`` column are mirrored
+    (:func:`~csplugin.core.conventions.mirror_y`) before they are aligned."""
     p = table.particles
-    angles, shifts = p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy()
+    angles, shifts = table.alignments()
     premultiplied = p["ctf_premultiplied"].to_numpy(bool)
     mirror = p["mirror"].to_numpy(bool) if "mirror" in p else np.zeros(len(p), bool)
-    for rows, raw in iter_chunks(table, plan.chunk_size, stacks):
+    read = reader(table, stacks)
+    size = plan.chunk_size
+
+    def prepare(start: int) -> tuple[np.ndarray, object]:
+        rows = np.arange(start, min(start + size, len(table)))
+        raw = read(rows)
         if mirror[rows].any():
             raw[mirror[rows]] = cv.mirror_y(raw[mirror[rows]])
         images = align_images(raw, angles[rows], shifts[rows], plan.interpolation)
@@ -255,7 +273,10 @@ def _prepared_chunks(table: ParticleTable, stacks: dict[str, Stack], plan: Avera
             flip = ~premultiplied[rows]
             if flip.any():
                 images[flip] = phase_flip(images[flip], ctfs[flip])
-        yield rows, images, ctfs
+        return rows, (images, ctfs) if then is None else then(rows, images, ctfs)
+
+    for rows, result in ordered_map(prepare, range(0, len(table), size)):
+        yield (rows, *result) if then is None else result  # type: ignore[misc]
         if progress is not None:
             progress(len(rows))
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def threads() -> int:
@@ -21,3 +28,44 @@ def cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def serial_kernels() -> None:
+    """Make the calling thread's numba kernels run on one thread (numba's setting is per
+    thread): for worker threads that each take whole tasks, so that ``T`` workers use ``T``
+    cores instead of ``T²`` threads."""
+    import numba
+
+    numba.set_num_threads(1)
+
+
+def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | None = None,
+                ahead: int = 2) -> Iterator[R]:
+    """``function(item)`` for every item on ``workers`` threads (default :func:`threads`),
+    each running its numba kernels serially (:func:`serial_kernels`); results in the order
+    of ``items``, with at most ``ahead * workers`` items in flight (bounded memory).
+
+    Tasks should spend their time where the GIL is released (numba ``nogil`` kernels, FFTW,
+    file reads), as csplugin's kernels do. An exception of ``function`` is raised at its
+    item; queued items are then dropped. With one worker, runs in the calling thread.
+    """
+    n = workers or threads()
+    if n <= 1:
+        yield from map(function, items)
+        return
+
+    def task(item: T) -> R:
+        serial_kernels()
+        return function(item)
+
+    pool = ThreadPoolExecutor(max_workers=n)
+    try:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(task, item))
+            if len(pending) >= ahead * n:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # done, failed, or the consumer stopped early: drop what is queued
+        pool.shutdown(wait=True, cancel_futures=True)

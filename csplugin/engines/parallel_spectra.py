@@ -26,11 +26,10 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
-import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from csplugin.core.threads import threads
+from csplugin.core.threads import serial_kernels, threads
 from csplugin.engines.power_spectrum import PowerSpectrumAccumulator, add_spectra
 
 __all__ = ["TASK_PARTICLES", "accumulate_in_parallel", "tasks_by_bin"]
@@ -146,7 +145,7 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
     box = first.box
 
     def work(rows: NDArray[np.int64], add: bool) -> int:
-        numba.set_num_threads(1)  # this thread's kernels run serially: the others have cores
+        serial_kernels()  # this thread's kernels run on one thread: the others have cores
         buffer = getattr(local, "buffer", None)
         if buffer is None or len(buffer) < len(rows):
             buffer = local.buffer = np.empty((max(len(rows), task_particles * 5 // 4), box,

@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from typing import Callable
 
 import numpy as np
+from numba import njit
 
 __all__ = [
     "ImageStacker",
@@ -37,20 +38,33 @@ __all__ = [
 
 
 def _as_stack(
-    images: np.ndarray, weights: np.ndarray | None
+    images: np.ndarray, weights: np.ndarray | None, float64: bool = True
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """Validate a stack and flatten it.
 
-    Returns ``(x, w, trailing_shape)``: ``x`` float64 of shape ``(n, P)``,
-    ``w`` float64 of shape ``(n,)`` (ones when ``weights`` is None).
+    Returns ``(x, w, trailing_shape)``: ``x`` float64 of shape ``(n, P)`` (with
+    ``float64=False``, float32 images stay float32), ``w`` float64 of shape ``(n,)``
+    (ones when ``weights`` is None).
     """
     images = np.asarray(images)
     if images.ndim == 0 or images.shape[0] == 0:
         raise ValueError(f"empty stack: images must have shape (n, ...) with n >= 1, "
                          f"got shape {images.shape}")
     n = images.shape[0]
-    x = images.reshape(n, -1).astype(np.float64, copy=False)
+    x = images.reshape(n, -1)
+    if float64 or x.dtype != np.float32:
+        x = x.astype(np.float64, copy=False)
     return x, check_weights(weights, n), images.shape[1:]
+
+
+@njit(cache=True, nogil=True)
+def _add_weighted(x, w, total):  # pragma: no cover - numba
+    """``total[p] += sum_i w[i] * x[i, p]`` in float64, image after image."""
+    for i in range(x.shape[0]):
+        wi = w[i]
+        row = x[i]
+        for p in range(x.shape[1]):
+            total[p] += wi * row[p]
 
 
 def check_weights(weights: np.ndarray | None, n: int) -> np.ndarray:
@@ -120,14 +134,29 @@ class StreamingMean:
         All chunks must share the trailing shape. A chunk whose weights are
         all zero is allowed (it contributes nothing).
         """
-        x, w, shape = _as_stack(images, weights)
+        x, w, shape = _as_stack(images, weights, float64=False)
         if self._sum is None:
             self._sum = np.zeros(x.shape[1])
             self._shape = shape
         elif shape != self._shape:
             raise ValueError(f"chunk image shape {shape} differs from earlier chunks {self._shape}")
-        self._sum += w @ x
+        if x.dtype == np.float32:  # no float64 copy, no BLAS threads beside csplugin's own
+            _add_weighted(np.ascontiguousarray(x), w, self._sum)
+        else:
+            self._sum += w @ x
         self._weight += float(w.sum())
+
+    def merge(self, other: StreamingMean) -> None:
+        """Add the images of ``other`` (e.g. a worker thread's chunk) to this mean."""
+        if other._sum is None:
+            return
+        if self._sum is None:
+            self._sum, self._shape = other._sum.copy(), other._shape
+        elif other._shape != self._shape:
+            raise ValueError(f"image shape {other._shape} differs from {self._shape}")
+        else:
+            self._sum += other._sum
+        self._weight += other._weight
 
     @property
     def weight_total(self) -> float:

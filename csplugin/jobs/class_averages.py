@@ -37,6 +37,7 @@ from csplugin.engines.correlation import disc_correlation
 from csplugin.jobs.runners import SerialRunner, TaskRunner, task_table, used_stacks
 from csplugin.outputs.averages import output_paths, write_averages
 from csplugin.outputs.directory import claim, transaction
+from csplugin.outputs.figure_process import FigureProcess
 from formats import InputError
 
 
@@ -158,29 +159,32 @@ def class_averages(table: ParticleTable, outdir: str | Path, *, stacker: str = "
     out = claim(outdir, products, job="class-averages", overwrite=overwrite)
     names = output_paths(out.staging)  # written there; relion_path names the final place
 
-    plan = AveragingPlan.create(table, make_stacker(stacker, sigma, percentile), ctf=ctf,
-                                snr=wiener_snr, interpolation=interpolation,
-                                chunk_size=chunk_size, tile_bytes=tile_bytes, spill_dir=outdir)
-    averages = np.empty((len(class_index), box, box), np.float32)
-    snrs = np.empty(len(class_index))
-    members = [np.flatnonzero(index == k) for k in class_index]
-    tasks = ((task_table(table, rows), used_stacks(table, rows, stacks), w[rows], plan)
-             for rows in members)
-    results = (runner or SerialRunner()).map(average_class, tasks, map(len, members), progress)
-    for i, (average, snr) in enumerate(results):
-        averages[i], snrs[i] = average, snr
-    if invert_contrast:
-        averages *= -1
-    counts = np.bincount(index, minlength=class_index.max() + 1)[class_index]
-    numbers = cv.to_base(class_index, table.class_base)
-    comparison = None
-    if given is not None:
-        comparison = pd.DataFrame({
-            "class": numbers, "slice": class_index, "particles": counts,
-            "correlation": [disc_correlation(a, b) for a, b in
-                            zip(averages, given.read(class_index))]})
-    write_averages(names, averages, class_index, counts, table.class_base, pixel_size,
-                   comparison=comparison)
+    with FigureProcess() as draw:  # forked before the threads; imports matplotlib meanwhile
+        plan = AveragingPlan.create(table, make_stacker(stacker, sigma, percentile), ctf=ctf,
+                                    snr=wiener_snr, interpolation=interpolation,
+                                    chunk_size=chunk_size, tile_bytes=tile_bytes,
+                                    spill_dir=outdir)
+        averages = np.empty((len(class_index), box, box), np.float32)
+        snrs = np.empty(len(class_index))
+        members = [np.flatnonzero(index == k) for k in class_index]
+        tasks = ((task_table(table, rows), used_stacks(table, rows, stacks), w[rows], plan)
+                 for rows in members)
+        results = (runner or SerialRunner()).map(average_class, tasks, map(len, members),
+                                                 progress)
+        for i, (average, snr) in enumerate(results):
+            averages[i], snrs[i] = average, snr
+        if invert_contrast:
+            averages *= -1
+        counts = np.bincount(index, minlength=class_index.max() + 1)[class_index]
+        numbers = cv.to_base(class_index, table.class_base)
+        comparison = None
+        if given is not None:
+            comparison = pd.DataFrame({
+                "class": numbers, "slice": class_index, "particles": counts,
+                "correlation": [disc_correlation(a, b) for a, b in
+                                zip(averages, given.read(class_index))]})
+        write_averages(names, averages, class_index, counts, table.class_base, pixel_size,
+                       comparison=comparison, draw=draw)
     return ClassAveragesResult(
         final["mrcs"], final["cs"], final["star"], final["png"], numbers, counts, averages,
         snrs if ctf == "wiener" else None, comparison,

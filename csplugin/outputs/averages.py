@@ -32,6 +32,7 @@ failed run leaves none of its files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,8 @@ def write_averages(names: dict[str, Path], averages: np.ndarray, class_index: np
                    comparison: pd.DataFrame | None = None,
                    star_columns: dict[str, np.ndarray] | None = None,
                    cs_fields: dict[str, np.ndarray] | None = None,
-                   montage_limit: int | None = None) -> None:
+                   montage_limit: int | None = None,
+                   draw: Callable[..., None] | None = None) -> None:
     """Write the outputs listed in the module docstring, all or none.
 
     Parameters
@@ -80,6 +82,9 @@ def write_averages(names: dict[str, Path], averages: np.ndarray, class_index: np
         ``class_averages.cs`` (field -> values).
     montage_limit
         At most this many tiles in the PNG montage (default: all).
+    draw
+        Draws the montage (a :class:`csplugin.outputs.figure_process.FigureProcess`, whose
+        ``close`` then raises a drawing error); default: here, now.
     """
     box = averages.shape[-1]
     numbers = cv.to_base(class_index, class_base)
@@ -96,8 +101,11 @@ def write_averages(names: dict[str, Path], averages: np.ndarray, class_index: np
             star[label] = values
         write_star(names["star"], {"model_classes": star})
         written.append(names["star"])
-        figures.montage_png(names["png"], averages[shown], [f"class {c}\n{n:,} ptcls" for c, n in
-                                                 zip(numbers[shown], counts[shown])])
+        labels = [f"class {c}\n{n:,} ptcls" for c, n in zip(numbers[shown], counts[shown])]
+        if draw is None:
+            figures.montage_png(names["png"], averages[shown], labels)
+        else:
+            draw(figures.montage_png, names["png"], averages[shown], labels)
         written.append(names["png"])
         if comparison is not None:
             with atomic_output(names["mrcs"].parent / "compare.csv") as tmp:

@@ -172,3 +172,26 @@ def test_parameter_validation() -> None:
     acc.add(np.ones((2, 3, 3)))
     with pytest.raises(ValueError, match="differs"):
         acc.add(np.ones((2, 4, 4)))
+
+
+def test_streaming_mean_of_float32_chunks_equals_float64_and_merges() -> None:
+    """float32 chunks are added without a float64 copy (numba kernel); same mean as float64
+    to rounding; a worker's mean merges into another."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((50, 7, 9)).astype(np.float32)
+    w = rng.uniform(0.1, 2.0, 50)
+    whole = StreamingMean()
+    whole.add(x.astype(np.float64), w)
+    parts = [StreamingMean() for _ in range(3)]
+    for part, rows in zip(parts, np.array_split(np.arange(50), 3)):
+        part.add(x[rows], w[rows])
+    merged = StreamingMean()
+    for part in parts:
+        merged.merge(part)
+    merged.merge(StreamingMean())  # an empty part adds nothing
+    np.testing.assert_allclose(merged.result(), whole.result(), rtol=1e-12, atol=1e-12)
+    assert merged.weight_total == pytest.approx(w.sum())
+    bad = StreamingMean()
+    bad.add(np.zeros((1, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="differs"):
+        merged.merge(bad)
