@@ -61,6 +61,7 @@ import pandas as pd
 
 from csplugin.core import conventions as cv
 from csplugin.core.images import chunk_size_for, reader
+from csplugin.core.memory import scratch
 from csplugin.core.particles import ParticleTable
 from csplugin.core.threads import ordered_map
 from csplugin.engines.ctf import CTFParams, WienerAccumulator, ctf_2d, phase_flip
@@ -262,10 +263,13 @@ def _prepared_chunks(table: ParticleTable, stacks: dict[str, Stack], plan: Avera
 
     def prepare(start: int) -> tuple[np.ndarray, object]:
         rows = np.arange(start, min(start + size, len(table)))
-        raw = read(rows)
+        shape = (len(rows), plan.box, plan.box)
+        # with `then` the images stay in the worker: its scratch buffers serve every chunk
+        raw = read(rows, None if then is None else scratch("raw", shape))
         if mirror[rows].any():
             raw[mirror[rows]] = cv.mirror_y(raw[mirror[rows]])
-        images = align_images(raw, angles[rows], shifts[rows], plan.interpolation)
+        images = align_images(raw, angles[rows], shifts[rows], plan.interpolation,
+                              out=None if then is None else scratch("aligned", shape))
         ctfs = None
         if plan.ctf != "none":
             ctfs = aligned_ctfs(p.iloc[rows], plan.box, plan.pixel_size)

@@ -16,24 +16,24 @@ RELION runs) when the output lies below it, else absolute; in ``particles.cs``
 "particle data path" of cryoSPARC's Import Particles; csplugin resolves it as the file's
 own directory).
 
-Memory is bounded by a few chunks of images (about 32 MiB each), whatever the number of
-particles.
+Memory is bounded by about two tasks of images (4 MiB each) per thread, whatever the number
+of particles.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from csplugin.core import conventions as cv
-from csplugin.core.images import check_stacks, iter_chunks, writer_threads
+from csplugin.core.images import Reader, check_stacks, reader
+from csplugin.core.memory import scratch
 from csplugin.core.native import check_writable, save_particles
 from csplugin.core.particles import ParticleTable
+from csplugin.core.threads import ordered_map
 from csplugin.engines.transform import INTERPOLATIONS, align_images
 from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
 from csplugin.outputs.directory import claim, transaction
@@ -114,15 +114,13 @@ def export_aligned(table: ParticleTable, outdir: str | Path, *, interpolation: s
     star_path, cs_path = out.stage(star_path.name), out.stage(cs_path.name)
 
     p = table.particles
-    angles = p["angle"].to_numpy()
-    shifts = p[["shift_x", "shift_y"]].to_numpy()
+    angles, shifts = table.alignments()
     if runner is None:
-        chunks = iter_chunks(table, chunk_size, stacks_in, segment=particles_per_stack)
-        with ThreadPoolExecutor(max_workers=writer_threads()) as writers:  # overlap the maths
-            for k, name in enumerate(names):
-                count = min(particles_per_stack, n - k * particles_per_stack)
-                _write_stack(name, count, chunks, angles, shifts, box, pixel_size, float16,
-                             interpolation, writers, progress)
+        read = reader(table, stacks_in)
+        for k, name in enumerate(names):
+            rows = np.arange(k * particles_per_stack, min((k + 1) * particles_per_stack, n))
+            _write_stack(name, rows, read, angles, shifts, box, pixel_size, float16,
+                         interpolation, chunk_size, progress)
     else:
         blocks = [np.arange(k * particles_per_stack, min((k + 1) * particles_per_stack, n))
                   for k in range(len(names))]
@@ -153,34 +151,38 @@ def export_stack(table: ParticleTable, stacks: dict[str, Stack], name: Path, box
     hidden ``.name.*.part`` file in the job's staging directory
     (:mod:`csplugin.outputs.directory` removes it).
     """
-    p = table.particles
-    angles, shifts = p["angle"].to_numpy(), p[["shift_x", "shift_y"]].to_numpy()
-    chunks = iter_chunks(table, chunk_size, stacks)
-    with ThreadPoolExecutor(max_workers=writer_threads()) as writers:
-        _write_stack(name, len(table), chunks, angles, shifts, box, pixel_size, float16,
-                     interpolation, writers, progress)
+    angles, shifts = table.alignments()
+    _write_stack(name, np.arange(len(table)), reader(table, stacks), angles, shifts, box,
+                 pixel_size, float16, interpolation, chunk_size, progress)
     return name
 
 
-def _write_stack(name: Path, count: int, chunks: Iterator[tuple[np.ndarray, np.ndarray]],
-                 angles: np.ndarray, shifts: np.ndarray, box: int, pixel_size: float,
-                 float16: bool, interpolation: str, writers: ThreadPoolExecutor,
+#: Bytes of images per task of a worker thread (read, aligned, written): 16 images of 256².
+TASK_BYTES = 4 << 20
+
+
+def _write_stack(name: Path, rows: np.ndarray, read: Reader, angles: np.ndarray,
+                 shifts: np.ndarray, box: int, pixel_size: float, float16: bool,
+                 interpolation: str, chunk_size: int | None,
                  progress: Callable[[int], None] | None) -> None:
-    """Align the next ``count`` images of ``chunks`` (rows index ``angles``/``shifts``) and
-    write them to ``name``: each chunk is written at its own place in the stack by one of
-    ``writers`` (at most one chunk per writer thread in flight) while the next ones are
-    aligned."""
-    limit = writer_threads()  # chunks being written at once (the size of `writers`)
-    with StackWriter(name, count, box, pixel_size, float16) as writer:
-        done, pending = 0, deque[Future[None]]()
-        while done < count:
-            rows, images = next(chunks)
-            aligned = align_images(images, angles[rows], shifts[rows], interpolation)
-            while len(pending) >= limit:
-                pending.popleft().result()
-            pending.append(writers.submit(writer.write, aligned, done))
-            done += len(rows)
+    """Write the particles at table positions ``rows`` (``(k,)``; ``angles``/``shifts``
+    indexed by position), aligned, as the stack ``name``.
+
+    Every stage runs on every core: :func:`csplugin.core.threads.ordered_map` worker threads
+    each take a run of ``chunk_size`` particles (default :data:`TASK_BYTES` of images), read
+    it, align it (kernels at one thread) and write it at its own place in the stack
+    (positioned writes; the header statistics are combined by the writer), so memory is
+    about two tasks per thread."""
+    size = chunk_size or max(1, TASK_BYTES // (4 * box * box))
+    with StackWriter(name, len(rows), box, pixel_size, float16) as writer:
+        def task(start: int) -> int:
+            mine = rows[start:start + size]
+            shape = (len(mine), box, box)
+            raw = read(mine, scratch("raw", shape))
+            writer.write(align_images(raw, angles[mine], shifts[mine], interpolation,
+                                      out=scratch("aligned", shape)), start)
+            return len(mine)
+
+        for done in ordered_map(task, range(0, len(rows), size)):
             if progress is not None:
-                progress(len(rows))
-        while pending:
-            pending.popleft().result()
+                progress(done)

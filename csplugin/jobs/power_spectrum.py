@@ -65,7 +65,7 @@ from typing import Literal
 import numpy as np
 
 from csplugin.core.images import check_stacks, iter_chunks, open_class_averages, reader
-from csplugin.core.memory import limit_arenas, release_free_memory
+from csplugin.core.memory import limit_arenas, release_free_memory, scratch
 from csplugin.core.particles import ParticleTable
 from csplugin.core.threads import threads
 from csplugin.engines.filament import filament_axis_angle
@@ -497,8 +497,9 @@ def _rebuild(sums: dict[int, tuple[np.ndarray, int]], k: int, images: np.ndarray
     if take <= 0:
         return
     angles, shifts = poses
-    aligned = align_images(images[:take], angles[rows[:take]], shifts[rows[:take]],
-                           "linear").sum(axis=0, dtype=np.float64)
+    aligned = align_images(images[:take], angles[rows[:take]], shifts[rows[:take]], "linear",
+                           out=scratch("aligned", images[:take].shape)).sum(
+                               axis=0, dtype=np.float64)
     with lock or contextlib.nullcontext():
         have = sums.get(k)
         sums[k] = (aligned if have is None else have[0] + aligned,
