@@ -126,8 +126,9 @@ def connect(scheduler: str | None = None, workers: int | None = None
         if workers < 1:
             raise InputError(None, f"--workers {workers} must be at least 1", "e.g. --workers 4")
         threads = str(max(1, cores() // workers))
-        env = {name: threads for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS",
-                                          "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        env = {name: threads for name in ("CSPLUGIN_THREADS", "NUMBA_NUM_THREADS",
+                                          "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                          "MKL_NUM_THREADS")}
         with _sigint_ignored():  # inherited: Ctrl-C stops this process, which closes them
             # CRITICAL: a task's error reaches the caller as an exception (one line in the
             # CLI); workers losing the scheduler during an interrupted run's teardown log

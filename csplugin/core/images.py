@@ -296,15 +296,6 @@ def reader_threads() -> int:
     return max(1, min(4, threads() // 4))
 
 
-def writer_threads() -> int:
-    """Output chunks written at once (positioned writes into one stack): 1 at 1 compute
-    thread, else one per 4 compute threads, 2 to 4. Writing a float32 256² image into tmpfs
-    or the page cache costs ~150 µs of kernel time, half the cubic kernel: one writer
-    bounded the export from 2 cores on."""
-    t = threads()
-    return 1 if t == 1 else max(2, min(4, t // 4))
-
-
 class ParticleImages:
     """Read-only, on-demand access to the raw images of a table: ``table.images``.
 
