@@ -39,6 +39,13 @@ def serial_kernels() -> None:
     numba.set_num_threads(1)
 
 
+def worker_pool(workers: int | None = None) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads (default :func:`threads`) for whole tasks, each running
+    its numba kernels serially (:func:`serial_kernels`); kept for several rounds of tasks,
+    its threads keep their FFT plans and scratch buffers."""
+    return ThreadPoolExecutor(max_workers=workers or threads(), initializer=serial_kernels)
+
+
 def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | None = None,
                 ahead: int = 2) -> Iterator[R]:
     """``function(item)`` for every item on ``workers`` threads (default :func:`threads`),
@@ -54,15 +61,11 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | N
         yield from map(function, items)
         return
 
-    def task(item: T) -> R:
-        serial_kernels()
-        return function(item)
-
-    pool = ThreadPoolExecutor(max_workers=n)
+    pool = worker_pool(n)
     try:
         pending: deque[Future[R]] = deque()
         for item in items:
-            pending.append(pool.submit(task, item))
+            pending.append(pool.submit(function, item))
             if len(pending) >= ahead * n:
                 yield pending.popleft().result()
         while pending:

@@ -21,7 +21,6 @@ particles of a chunk in file order land in a new, cold bin each.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol
@@ -29,7 +28,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from csplugin.core.threads import serial_kernels, threads
+from csplugin.core.memory import scratch
+from csplugin.core.threads import serial_kernels, threads, worker_pool
 from csplugin.engines.power_spectrum import PowerSpectrumAccumulator, add_spectra
 
 __all__ = ["TASK_PARTICLES", "accumulate_in_parallel", "tasks_by_bin"]
@@ -91,7 +91,8 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
                            angles: ArrayLike, read: Read, *, also: ArrayLike | None = None,
                            on_images: OnImages | None = None, prepare: Prepare | None = None,
                            n_threads: int | None = None, task_particles: int = TASK_PARTICLES,
-                           progress: Callable[[int], None] | None = None) -> None:
+                           progress: Callable[[int], None] | None = None,
+                           pool: ThreadPoolExecutor | None = None) -> None:
     """Add particles to accumulators of the same settings on ``n_threads`` threads.
 
     Parameters
@@ -105,7 +106,7 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
     read
         ``read(positions, out)`` -> ``out`` ``(k, N, N)`` float32 filled with the raw images
         of those positions (ascending); called from the worker threads with a buffer of
-        each thread's own (used again: no page faults), so it must be thread-safe.
+        each thread's own (:func:`csplugin.core.memory.scratch`), so it must be thread-safe.
     also : array_like, shape (n,), bool, optional
         Particles without an owner to read all the same, for ``on_images`` only.
     on_images
@@ -120,6 +121,10 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
         Particles per task, about (:func:`tasks_by_bin`).
     progress
         Called (from the calling thread) with the number of particles added by each task.
+    pool
+        A :func:`csplugin.core.threads.worker_pool` of ``n_threads`` threads to run on,
+        e.g. one for every pass of a job, whose threads keep their FFT plans and buffers;
+        default: a pool of this call's own.
 
     The first exception of a worker is raised here once the running tasks have stopped.
     """
@@ -141,16 +146,11 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
     batch = max(1, _WORKER_BATCH_BYTES // (8 * m * (m // 2 + 1)))
     batch = 1 << (batch.bit_length() - 1)
 
-    local = threading.local()
     box = first.box
 
     def work(rows: NDArray[np.int64], add: bool) -> int:
         serial_kernels()  # this thread's kernels run on one thread: the others have cores
-        buffer = getattr(local, "buffer", None)
-        if buffer is None or len(buffer) < len(rows):
-            buffer = local.buffer = np.empty((max(len(rows), task_particles * 5 // 4), box,
-                                              box), np.float32)
-        images = read(rows, buffer[:len(rows)])
+        images = read(rows, scratch("spectra_raw", (len(rows), box, box)))
         if on_images is not None:
             on_images(rows, images)
         if not add:
@@ -161,12 +161,13 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
                     batch=batch, count=False)
         return len(rows)
 
+    own = pool is None
     workers = max(1, min(n_threads or threads(), len(tasks)))
+    pool = worker_pool(workers) if own else pool
     failure: BaseException | None = None
-    pool = ThreadPoolExecutor(max_workers=workers)
+    running: set[Future[int]] = set()
     try:
         todo = iter(tasks)
-        running: set[Future[int]] = set()
         while True:
             for rows, add in todo:  # at most 2 tasks a worker queued: bounded memory
                 running.add(pool.submit(work, rows, add))
@@ -183,7 +184,12 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
             if failure is not None:
                 todo = iter(())  # no new tasks; let the running ones stop
     finally:  # Ctrl-C, SIGTERM or a failure: drop the queued tasks, wait for the running
-        pool.shutdown(wait=True, cancel_futures=True)
+        if own:
+            pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            for future in running:
+                future.cancel()
+            wait(running)
     if failure is not None:
         raise failure
     for a in np.unique(owners[owners >= 0]):

@@ -116,3 +116,24 @@ def test_a_worker_failure_is_raised_and_counts_nothing():
     with pytest.raises(OSError, match="disk gone"):
         accumulate_in_parallel(accs, owners, angles, read, n_threads=3, task_particles=2)
     assert all(a.n == 0 for a in accs)
+
+
+def test_a_shared_pool_serves_several_calls_and_survives_a_failure():
+    from csplugin.core.threads import worker_pool
+
+    images, angles, owners = _data()
+    ref = _accs(images.shape[1])
+    accumulate_in_parallel(ref, owners, angles, _read(images), n_threads=1)
+
+    def broken(rows, out):
+        raise OSError("gone")
+
+    with worker_pool(2) as pool:
+        with pytest.raises(OSError, match="gone"):
+            accumulate_in_parallel(_accs(images.shape[1]), owners, angles, broken, pool=pool,
+                                   n_threads=2)
+        for _ in range(2):
+            accs = _accs(images.shape[1])
+            accumulate_in_parallel(accs, owners, angles, _read(images), pool=pool, n_threads=2)
+            for a, r in zip(accs, ref):
+                np.testing.assert_array_equal(a._sums, r._sums)
