@@ -55,10 +55,11 @@ from csplugin.engines.filament import (
 from csplugin.engines.helical_index import HelicalCandidate, helix_radius_range, index_helix
 from csplugin.engines.layer_lines import LayerLine, detect_layer_lines
 from csplugin.engines.power_spectrum import RotatedSums, axis_rotation, crop_to_resolution, to_log
-from csplugin.outputs import helical_report, spectrum_figures
+from csplugin.outputs import helical_report
 from formats.mrc import write_stack
 
-__all__ = ["ClassExtras", "ClassIndex", "filament_halves", "helical_outputs"]
+__all__ = ["ClassExtras", "ClassIndex", "ClassOutput", "class_output", "filament_halves",
+           "helical_outputs"]
 
 #: Particles per class averaged for the filament mask's axis (read before the pass).
 AXIS_PARTICLES = 500
@@ -308,64 +309,80 @@ def fold_twist(twist: float) -> float:
     return t
 
 
-def helical_outputs(outdir: Path, entries: list[tuple[int, float | None, np.ndarray,
-                                                      ClassExtras]],
-                    pixel_size: float, box: int, options: Any, halves_how: str,
-                    summary: dict[str, Any], draw: Callable[..., None] | None = None
-                    ) -> dict[str, Any]:
-    """Write the helical outputs (module docstring) for the classes in ``entries``
-    (``(class, axis angle rad or None, linear uncropped spectrum, extras)``, in stack order);
-    the class figures are drawn by ``draw`` (see
-    :func:`csplugin.outputs.spectrum_figures.class_figures`).
+@dataclass
+class ClassOutput:
+    """One class's part of the helical outputs, made as soon as its spectrum is complete
+    (:func:`class_output`) so that its figure can be drawn while later classes are computed."""
+
+    k: int
+    spectrum: np.ndarray  # linear, cropped like the outputs
+    half1: np.ndarray | None
+    half2: np.ndarray | None
+    average: np.ndarray | None  # turned and centred like the spectrum
+    result: ClassIndex
+    header_pixel: float
+    half_counts: tuple[int, int]
+    average_count: int
+
+
+def class_output(k: int, angle: float | None, spectrum: np.ndarray, extra: ClassExtras,
+                 pixel_size: float, options: Any) -> ClassOutput:
+    """Crop, turn the average of, and (with ``options.index``) index class ``k``
+    (``angle``: its axis in radians or None; ``spectrum`` linear, uncropped)."""
+    crop, axis = options.crop_resolution, options.axis
+    spec, header_pixel = _prepare(spectrum, pixel_size, crop)
+    h1 = _prepare(extra.half1.spectrum(), pixel_size, crop)[0] if extra.half1 else None
+    h2 = _prepare(extra.half2.spectrum(), pixel_size, crop)[0] if extra.half2 else None
+    rotation = axis_rotation(angle, axis) if angle is not None else 0.0
+    average = None
+    angle_for_index = angle
+    if extra.average_sum is not None and extra.average_count:
+        raw = extra.average_sum / extra.average_count
+        a = angle
+        if a is None:
+            try:
+                a = filament_axis_angle(raw)
+            except ValueError:
+                a = None
+        average = (turn_and_centre(raw, a, rotation, filament_axis_offset(raw, a))
+                   if a is not None else raw.astype(np.float32))
+        if angle is None and a is not None and axis == "class":
+            angle_for_index = a
+    if options.index:
+        # the turned average is in the job's frame, like the spectrum
+        result = index_class(k, spec, h1, h2, average, header_pixel, pixel_size, axis,
+                             angle_for_index, options.helix_radius, options.max_csym,
+                             rotation)
+    else:
+        result = ClassIndex(k, None if angle is None else math.degrees(angle),
+                            math.degrees(rotation), average, None, "", message="not indexed")
+    if options.half_sets and (h1 is None) != (h2 is None):
+        # a class whose particles all fell in one half (one filament) gets a zero slice
+        result.message = "; ".join(x for x in (result.message, "one half set is empty (all "
+                                   "particles in one filament): its slice is zero, no "
+                                   "agreement") if x)
+    counts = (int(extra.half1.n if extra.half1 else 0), int(extra.half2.n if extra.half2 else 0))
+    return ClassOutput(int(k), spec, h1, h2, average, result, header_pixel, counts,
+                       int(extra.average_count))
+
+
+def helical_outputs(outdir: Path, classes: list[ClassOutput], pixel_size: float,
+                    options: Any, halves_how: str, summary: dict[str, Any],
+                    figures: dict[int, dict[str, str]]) -> dict[str, Any]:
+    """Write the helical outputs (module docstring) of ``classes`` (:func:`class_output`,
+    in stack order); ``figures``: each class's figure files (drawn already, see
+    :func:`csplugin.outputs.spectrum_figures.class_figure`), for ``index.html``.
 
     ``options`` is the job's :class:`csplugin.jobs.power_spectrum.SpectrumOptions`. Returns
     what goes into ``summary.json`` (``stack_order``, half-set rule, averages, indexing
     results and times).
     """
     t0 = time.perf_counter()
-    crop = options.crop_resolution
-    axis = options.axis
-    stack_order = [int(k) for k, *_ in entries]
-    specs, h1s, h2s, avgs, results = [], [], [], [], []
-    header_pixel = pixel_size
-    index_seconds = 0.0
-    for k, angle, spectrum, extra in entries:
-        spec, header_pixel = _prepare(spectrum, pixel_size, crop)
-        h1 = _prepare(extra.half1.spectrum(), pixel_size, crop)[0] if extra.half1 else None
-        h2 = _prepare(extra.half2.spectrum(), pixel_size, crop)[0] if extra.half2 else None
-        rotation = axis_rotation(angle, axis) if angle is not None else 0.0
-        average = None
-        if extra.average_sum is not None and extra.average_count:
-            raw = extra.average_sum / extra.average_count
-            a = angle
-            if a is None:
-                try:
-                    a = filament_axis_angle(raw)
-                except ValueError:
-                    a = None
-            average = (turn_and_centre(raw, a, rotation, filament_axis_offset(raw, a))
-                       if a is not None else raw.astype(np.float32))
-            if angle is None and a is not None and axis == "class":
-                angle_for_index = a
-            else:
-                angle_for_index = angle
-        else:
-            angle_for_index = angle
-        specs.append(spec)
-        h1s.append(h1)
-        h2s.append(h2)
-        avgs.append(average)
-        if options.index:
-            # the turned average is in the job's frame, like the spectrum
-            result = index_class(k, spec, h1, h2, average, header_pixel, pixel_size, axis,
-                                 angle_for_index, options.helix_radius, options.max_csym,
-                                 rotation)
-            index_seconds += result.seconds
-        else:
-            result = ClassIndex(k, None if angle is None else math.degrees(angle),
-                                math.degrees(rotation), average, None, "", message="not indexed")
-        results.append(result)
-    t_index = time.perf_counter() - t0
+    results = [c.result for c in classes]
+    specs = [c.spectrum for c in classes]
+    h1s, h2s = [c.half1 for c in classes], [c.half2 for c in classes]
+    avgs = [c.average for c in classes]
+    header_pixel = classes[0].header_pixel if classes else pixel_size
     data = [to_log(s) if options.log else s for s in specs]
     if specs:
         write_stack(outdir / "ps_classes.mrcs", np.stack(data).astype(np.float32), header_pixel)
@@ -375,26 +392,18 @@ def helical_outputs(outdir: Path, entries: list[tuple[int, float | None, np.ndar
             data_h = [np.zeros_like(s) if h is None else (to_log(h) if options.log else h)
                       for h, s in zip(hs, specs)]
             write_stack(outdir / name, np.stack(data_h).astype(np.float32), header_pixel)
-        for r, h1, h2 in zip(results, h1s, h2s):
-            if (h1 is None) != (h2 is None):
-                r.message = ("; ".join(x for x in (r.message, "one half set is empty (all "
-                             "particles in one filament): its slice is zero, no agreement")
-                             if x))
     if avgs and all(a is not None for a in avgs):
         write_stack(outdir / "class_averages.mrcs", np.stack(avgs).astype(np.float32),
                     pixel_size)
     helical_report.layer_lines_csv(outdir / "layer_lines.csv", results)
     helical_report.candidates_csv(outdir / "helical_candidates.csv", results)
-    figures = spectrum_figures.class_figures(outdir, results, specs, header_pixel, pixel_size,
-                                             axis, options, draw=draw)
+    index_seconds = sum(r.seconds for r in results if options.index)
     extra_summary = {
-        "stack_order": stack_order,
+        "stack_order": [c.k for c in classes],
         "half_sets": {"split_by": halves_how,
-                      "particles": [int(extra.half1.n if extra.half1 else 0)
-                                    for *_, extra in entries],
-                      "particles_half2": [int(extra.half2.n if extra.half2 else 0)
-                                          for *_, extra in entries]},
-        "class_averages_particles": [int(e.average_count) for *_, e in entries],
+                      "particles": [c.half_counts[0] for c in classes],
+                      "particles_half2": [c.half_counts[1] for c in classes]},
+        "class_averages_particles": [c.average_count for c in classes],
         "indexing": {str(r.k): {
             "axis_angle_deg": r.axis_angle_deg, "rotation_deg": r.rotation_deg,
             "helix_radius_A": list(r.radius_range) if r.radius_range else None,
@@ -404,8 +413,7 @@ def helical_outputs(outdir: Path, entries: list[tuple[int, float | None, np.ndar
                                 "csym": c.csym, "pitch_A": c.pitch, "score": c.score,
                                 "note": c.note} for c in r.candidates[:3]],
             "message": r.message} for r in results},
-        "seconds": {"indexing": index_seconds, "helical_outputs": time.perf_counter() - t0,
-                    "stacks_and_indexing": t_index},
+        "seconds": {"indexing": index_seconds, "helical_outputs": time.perf_counter() - t0},
     }
     helical_report.index_html(outdir / "index.html", results, figures, {**summary,
                                                                         **extra_summary})

@@ -84,6 +84,7 @@ from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
 from csplugin.outputs import figures
 from csplugin.outputs.directory import claim, transaction
 from csplugin.outputs.figure_process import FigureProcess
+from csplugin.outputs.spectrum_figures import class_figure
 from formats import InputError
 from formats.atomic import atomic_output
 from formats.mrc import Stack, write_image
@@ -198,20 +199,25 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
         pooled: RotatedSums | None = None
         spectra: dict[str, np.ndarray] = {}
         axis_deg: dict[int, float] = {}
-        helix: list[tuple[int, float | None, np.ndarray, helical.ClassExtras]] = []
-        for k, angle, sums, extras in class_sums:  # in class order
+        helix: list[helical.ClassOutput] = []
+        class_figures: dict[int, dict[str, str]] = {}
+        for k, angle, sums, extras in class_sums:  # in class order, each when complete
             if angle is not None:
                 axis_deg[k] = float(np.rad2deg(angle))
             if k is not None:
                 spectra[f"ps_class{k}"] = sums.spectrum()
-                helix.append((k, angle, spectra[f"ps_class{k}"], extras))
+                c = helical.class_output(k, angle, spectra[f"ps_class{k}"], extras, pixel_size,
+                                         options)
+                helix.append(c)  # its figure is drawn while the next classes are computed
+                class_figures[k] = class_figure(outdir, c.result, c.spectrum, c.header_pixel,
+                                                pixel_size, options.axis, options, draw)
             pooled = sums if pooled is None else pooled + sums
         assert pooled is not None
         spectra["ps_all"] = pooled.spectrum()
         spectra["ps_camera_frame"] = pooled.camera_frame()
-        # the class PNGs (average | spectrum with layer lines | profiles) come from helical_outputs
+        # the class PNGs (average | spectrum with layer lines | profiles) are drawn above
         header_pixel = _write_outputs(outdir, spectra, pixel_size, options,
-                                      skip_png={f"ps_class{k}" for k, *_ in helix}, draw=draw)
+                                      skip_png={f"ps_class{c.k}" for c in helix}, draw=draw)
         counts = {int(k): int(np.sum(numbers == k)) for k in labels}
         result = SpectrumResult(final_outdir, counts, axis_deg, pixel_size, header_pixel)
         summary = {"input": str(table.source), "particles": len(table),
@@ -220,9 +226,9 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
                    "header_pixel_size_A": header_pixel, "box": box,
                    "spectrum_size": int(spectra["ps_all"].shape[0]), "options": asdict(options)}
         if helix:
-            summary.update(helical.helical_outputs(outdir, helix, pixel_size, box, options,
+            summary.update(helical.helical_outputs(outdir, helix, pixel_size, options,
                                                    helical.filament_halves(table)[1], summary,
-                                                   draw))
+                                                   class_figures))
         with atomic_output(outdir / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
         return result

@@ -27,7 +27,7 @@ from formats.atomic import atomic_output
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["class_figures", "class_png", "display_limit", "spectrum_display"]
+__all__ = ["class_figure", "class_png", "display_limit", "spectrum_display"]
 
 _DPI = 72
 _MAX_DISPLAY_PX = 320
@@ -274,24 +274,20 @@ def _agreement(ax: Any, result: Any, noise_sd: float) -> None:
                 "correlation of the half sets")
 
 
-def class_figures(outdir: Path, results: list[Any], spectra: list[np.ndarray],
-                  header_pixel: float, pixel_size: float, axis: str,
-                  options: Any, halves: bool = True,
-                  draw: Callable[..., None] | None = None) -> dict[int, dict[str, str]]:
-    """Draw every class's figure (the agreement panel included when ``halves``), each by
-    ``draw(class_png, ...)`` (a :class:`csplugin.outputs.figure_process.FigureProcess`;
-    default: here, one after the other); return ``{class: {"spectrum": file}}`` (names
-    relative to ``outdir``)."""
-    out: dict[int, dict[str, str]] = {}
-    for result, spectrum in zip(results, spectra):
-        name = f"ps_class{result.k}.png"
-        m = spectrum.shape[0]
-        noise_sd = math.sqrt(max(options.pad, 1) / max(m / 2, 1)) if halves else None
-        (draw or _now)(class_png, outdir / name, spectrum, header_pixel, result.average,
-                       pixel_size, result, axis, options.display_resolution,
-                       options.quantity, f"class {result.k}", noise_sd)
-        out[result.k] = {"spectrum": name}
-    return out
+def class_figure(outdir: Path, result: Any, spectrum: np.ndarray, header_pixel: float,
+                 pixel_size: float, axis: str, options: Any,
+                 draw: Callable[..., None] | None = None) -> dict[str, str]:
+    """Draw a class's figure (:func:`class_png`, with the half-set agreement panel where
+    its lines have half-set agreements) by ``draw(class_png, ...)`` (a
+    :class:`csplugin.outputs.figure_process.FigureProcess`; default: here, now); return
+    ``{"spectrum": file}`` (relative to ``outdir``) for ``index.html``."""
+    name = f"ps_class{result.k}.png"
+    m = spectrum.shape[0]
+    noise_sd = math.sqrt(max(options.pad, 1) / max(m / 2, 1))
+    (draw or _now)(class_png, outdir / name, spectrum, header_pixel, result.average,
+                   pixel_size, result, axis, options.display_resolution, options.quantity,
+                   f"class {result.k}", noise_sd)
+    return {"spectrum": name}
 
 
 def _now(function: Callable[..., None], *args: Any) -> None:
