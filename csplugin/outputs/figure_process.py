@@ -46,10 +46,15 @@ def figure_processes() -> int:
     return max(1, min(4, cores() // 4))
 
 
+#: Signals the job turns into exceptions (csplugin.outputs.signals), held while it forks.
+_HELD = {signal.SIGINT, signal.SIGTERM}
+
+
 def _start_child() -> None:
     """In each drawing process: die with the job, leave Ctrl-C and SIGTERM to the job."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)  # held by the job while it forked
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -79,10 +84,22 @@ class FigureProcess:
         self._pool: ProcessPoolExecutor | None = None
         self._futures: list[Future[Any]] = []
         if n > 0 and "fork" in multiprocessing.get_all_start_methods():
-            self._pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"),
-                                             initializer=_start_child)
-            for _ in range(n):  # forks now, while the job has no threads yet
-                self._futures.append(self._pool.submit(_import_matplotlib))
+            # Ctrl-C or SIGTERM during the fork would raise in os.fork's at-fork handlers,
+            # where Python drops the exception (the job would run on): hold them meanwhile,
+            # they are delivered right after, at a point where they stop the job
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+            try:
+                self._pool = ProcessPoolExecutor(
+                    n, mp_context=multiprocessing.get_context("fork"), initializer=_start_child)
+                for _ in range(n):  # forks now, while the job has no threads yet
+                    self._futures.append(self._pool.submit(_import_matplotlib))
+            finally:
+                try:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a held signal raises here
+                except BaseException:
+                    if self._pool is not None:
+                        self._pool.shutdown(wait=False, cancel_futures=True)
+                    raise
 
     def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Draw ``function(*args, **kwargs)`` (its return value is dropped)."""
