@@ -11,7 +11,8 @@ to T cores (``taskset``) with ``CSPLUGIN_THREADS = NUMBA_NUM_THREADS = T``:
 * floors: read every particle; read and write them back; read + batched float32 rfft2
   (pyfftw plans of :mod:`csplugin.engines.fft`) + \\|F\\|² summed, at pad 1 and pad 2;
 * csplugin: power spectra with RELION's work (pad 1, no mask, no normalisation, lines
-  kept, class frame) and with the defaults; export cubic, linear, cubic float16; class
+  kept, class frame, and like RELION no indexing or half sets: spectra, their figures and
+  class averages only), the same with the helical outputs, and with the defaults; export cubic, linear, cubic float16; class
   averages (mean);
 * RELION (single-threaded, timed once): ``relion_image_handler --avg_ampl2_ali`` and
   ``relion_stack_create --apply_transformation --one_by_one``.
@@ -65,6 +66,10 @@ def commands(cs: Path, star: Path, out: Path) -> dict[str, list[str]]:
         "floor: read + FFT + |F|^2, pad 1": [py, "-c", FFT_FLOOR.format(path=str(cs), pad=1)],
         "floor: read + FFT + |F|^2, pad 2": [py, "-c", FFT_FLOOR.format(path=str(cs), pad=2)],
         "spectra, RELION's work (pad 1)": [
+            *cli, "power-spectrum", str(cs), "-o", str(out / "ps"), "--pad", "1", "--no-mask",
+            "--no-normalize", "--keep-detector-lines", "--axis", "class", "--no-index",
+            "--no-half-sets", "--quiet", "--overwrite"],
+        "spectra, pad 1 + helical outputs": [
             *cli, "power-spectrum", str(cs), "-o", str(out / "ps"), "--pad", "1", "--no-mask",
             "--no-normalize", "--keep-detector-lines", "--axis", "class", "--quiet",
             "--overwrite"],

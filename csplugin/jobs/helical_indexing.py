@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,10 +56,10 @@ from csplugin.engines.helical_index import HelicalCandidate, helix_radius_range,
 from csplugin.engines.layer_lines import LayerLine, detect_layer_lines
 from csplugin.engines.power_spectrum import RotatedSums, axis_rotation, crop_to_resolution, to_log
 from csplugin.outputs import helical_report
-from formats.mrc import write_stack
+from formats.mrc import StackWriter
 
-__all__ = ["ClassExtras", "ClassIndex", "ClassOutput", "class_output", "filament_halves",
-           "helical_outputs"]
+__all__ = ["ClassExtras", "ClassIndex", "ClassOutput", "HelicalStacks", "class_output",
+           "filament_halves", "helical_outputs"]
 
 #: Particles per class averaged for the filament mask's axis (read before the pass).
 AXIS_PARTICLES = 500
@@ -315,7 +315,7 @@ class ClassOutput:
     (:func:`class_output`) so that its figure can be drawn while later classes are computed."""
 
     k: int
-    spectrum: np.ndarray  # linear, cropped like the outputs
+    spectrum: np.ndarray  # linear, cropped like the outputs (None once written: slim)
     half1: np.ndarray | None
     half2: np.ndarray | None
     average: np.ndarray | None  # turned and centred like the spectrum
@@ -323,6 +323,12 @@ class ClassOutput:
     header_pixel: float
     half_counts: tuple[int, int]
     average_count: int
+
+    def slim(self) -> ClassOutput:
+        """The class without its images (written already): what the tables and
+        ``index.html`` need, a few kB whatever the box."""
+        return replace(self, spectrum=None, half1=None, half2=None,  # type: ignore[arg-type]
+                       average=None, result=replace(self.result, average=None))
 
 
 def class_output(k: int, angle: float | None, spectrum: np.ndarray, extra: ClassExtras,
@@ -366,11 +372,71 @@ def class_output(k: int, angle: float | None, spectrum: np.ndarray, extra: Class
                        int(extra.average_count))
 
 
+class HelicalStacks:
+    """``ps_classes.mrcs``, with half sets ``ps_classes_half1/2.mrcs`` (a zero slice for a
+    class whose particles all fell in one half) and ``class_averages.mrcs`` (left out if a
+    class has no average), written a class at a time as each is complete (:meth:`add`;
+    slice ``i`` = ``i``-th class added, ``stack_order``), so the job's memory does not grow
+    with the number of classes. A context manager: the stacks appear when it exits without
+    error and every class was added."""
+
+    def __init__(self, outdir: Path, n_classes: int, box: int, pixel_size: float,
+                 options: Any) -> None:
+        self.outdir, self.n, self.box, self.pixel_size = outdir, n_classes, box, pixel_size
+        self.options = options
+        self._writers: dict[str, StackWriter] = {}
+        self._added = 0
+        self._all_averages = True
+
+    def __enter__(self) -> HelicalStacks:
+        return self
+
+    def _writer(self, name: str, size: int, pixel: float) -> StackWriter:
+        if name not in self._writers:
+            writer = StackWriter(self.outdir / name, self.n, size, pixel)
+            writer.__enter__()
+            self._writers[name] = writer
+        return self._writers[name]
+
+    def add(self, c: ClassOutput) -> None:
+        """Write the slices of class ``c`` (the next index)."""
+        i, m = self._added, c.spectrum.shape[0]
+
+        def plane(x: np.ndarray | None) -> np.ndarray:
+            if x is None:
+                return np.zeros((1, m, m), np.float32)
+            return np.asarray(to_log(x) if self.options.log else x, np.float32)[None]
+
+        self._writer("ps_classes.mrcs", m, c.header_pixel).write(plane(c.spectrum), i)
+        if self.options.half_sets:
+            self._writer("ps_classes_half1.mrcs", m, c.header_pixel).write(plane(c.half1), i)
+            self._writer("ps_classes_half2.mrcs", m, c.header_pixel).write(plane(c.half2), i)
+        self._all_averages &= c.average is not None
+        average = np.zeros((self.box, self.box)) if c.average is None else c.average
+        self._writer("class_averages.mrcs", self.box, self.pixel_size).write(
+            np.asarray(average, np.float32)[None], i)
+        self._added += 1
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: Any) -> None:
+        short = None
+        if kind is None and self._added != self.n:
+            short = RuntimeError(f"helical stacks: {self._added} of {self.n} classes added")
+            kind, error = RuntimeError, short
+        for writer in self._writers.values():  # on an error each stack is dropped whole
+            writer.__exit__(kind, error, trace)
+        if short is not None:
+            raise short
+        if kind is None and not self._all_averages:
+            (self.outdir / "class_averages.mrcs").unlink(missing_ok=True)
+
+
 def helical_outputs(outdir: Path, classes: list[ClassOutput], pixel_size: float,
                     options: Any, halves_how: str, summary: dict[str, Any],
                     figures: dict[int, dict[str, str]]) -> dict[str, Any]:
-    """Write the helical outputs (module docstring) of ``classes`` (:func:`class_output`,
-    in stack order); ``figures``: each class's figure files (drawn already, see
+    """Write the helical tables and ``index.html`` of ``classes`` (:func:`class_output`, in
+    stack order; their stacks are written by :class:`HelicalStacks`); ``figures``: each
+    class's figure files (drawn already, see
     :func:`csplugin.outputs.spectrum_figures.class_figure`), for ``index.html``.
 
     ``options`` is the job's :class:`csplugin.jobs.power_spectrum.SpectrumOptions`. Returns
@@ -379,22 +445,6 @@ def helical_outputs(outdir: Path, classes: list[ClassOutput], pixel_size: float,
     """
     t0 = time.perf_counter()
     results = [c.result for c in classes]
-    specs = [c.spectrum for c in classes]
-    h1s, h2s = [c.half1 for c in classes], [c.half2 for c in classes]
-    avgs = [c.average for c in classes]
-    header_pixel = classes[0].header_pixel if classes else pixel_size
-    data = [to_log(s) if options.log else s for s in specs]
-    if specs:
-        write_stack(outdir / "ps_classes.mrcs", np.stack(data).astype(np.float32), header_pixel)
-    if specs and any(h is not None for h in h1s + h2s):
-        # a class whose particles all fell in one half (one filament) gets a zero slice
-        for name, hs in (("ps_classes_half1.mrcs", h1s), ("ps_classes_half2.mrcs", h2s)):
-            data_h = [np.zeros_like(s) if h is None else (to_log(h) if options.log else h)
-                      for h, s in zip(hs, specs)]
-            write_stack(outdir / name, np.stack(data_h).astype(np.float32), header_pixel)
-    if avgs and all(a is not None for a in avgs):
-        write_stack(outdir / "class_averages.mrcs", np.stack(avgs).astype(np.float32),
-                    pixel_size)
     helical_report.layer_lines_csv(outdir / "layer_lines.csv", results)
     helical_report.candidates_csv(outdir / "helical_candidates.csv", results)
     index_seconds = sum(r.seconds for r in results if options.index)

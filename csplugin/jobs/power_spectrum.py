@@ -197,27 +197,29 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
             class_sums = _block_tasks(table, stacks, keys, stored, axis_angles, options,
                                       block_particles, runner, progress)
         pooled: RotatedSums | None = None
-        spectra: dict[str, np.ndarray] = {}
         axis_deg: dict[int, float] = {}
         helix: list[helical.ClassOutput] = []
         class_figures: dict[int, dict[str, str]] = {}
-        for k, angle, sums, extras in class_sums:  # in class order, each when complete
-            if angle is not None:
-                axis_deg[k] = float(np.rad2deg(angle))
-            if k is not None:
-                spectra[f"ps_class{k}"] = sums.spectrum()
-                c = helical.class_output(k, angle, spectra[f"ps_class{k}"], extras, pixel_size,
-                                         options)
-                helix.append(c)  # its figure is drawn while the next classes are computed
-                class_figures[k] = class_figure(outdir, c.result, c.spectrum, c.header_pixel,
-                                                pixel_size, options.axis, options, draw)
-            pooled = sums if pooled is None else pooled + sums
+        header_pixel = pixel_size
+        with helical.HelicalStacks(outdir, len(labels), box, pixel_size, options) as stacks_out:
+            for k, angle, sums, extras in class_sums:  # in class order, each when complete
+                if angle is not None:
+                    axis_deg[k] = float(np.rad2deg(angle))
+                if k is not None:  # its outputs now, so memory does not grow with classes
+                    spectrum = sums.spectrum()
+                    header_pixel = _write_outputs(outdir, {f"ps_class{k}": spectrum},
+                                                  pixel_size, options, draw=None, png=False)
+                    c = helical.class_output(k, angle, spectrum, extras, pixel_size, options)
+                    class_figures[k] = class_figure(outdir, c.result, c.spectrum,
+                                                    c.header_pixel, pixel_size, options.axis,
+                                                    options, draw)
+                    stacks_out.add(c)
+                    helix.append(c.slim())
+                pooled = sums if pooled is None else pooled + sums
         assert pooled is not None
-        spectra["ps_all"] = pooled.spectrum()
-        spectra["ps_camera_frame"] = pooled.camera_frame()
-        # the class PNGs (average | spectrum with layer lines | profiles) are drawn above
-        header_pixel = _write_outputs(outdir, spectra, pixel_size, options,
-                                      skip_png={f"ps_class{c.k}" for c in helix}, draw=draw)
+        spectra = {"ps_all": pooled.spectrum(), "ps_camera_frame": pooled.camera_frame()}
+        del pooled
+        header_pixel = _write_outputs(outdir, spectra, pixel_size, options, draw=draw)
         counts = {int(k): int(np.sum(numbers == k)) for k in labels}
         result = SpectrumResult(final_outdir, counts, axis_deg, pixel_size, header_pixel)
         summary = {"input": str(table.source), "particles": len(table),
@@ -348,7 +350,7 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
                 assert total is not None
                 yield k, axes[k], total, helical.ClassExtras(  # the halves as spectra: 1 MB, not 7
                     _averaged(h1) if options.half_sets else None, _averaged(h2),
-                    *rebuilt.get(k, (None, 0)))  # type: ignore[arg-type]
+                    *rebuilt.pop(k, (None, 0)))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -526,10 +528,10 @@ def _axis_angle(k: int, given: dict[int, float] | None, stored: dict[int, np.nda
 
 
 def _write_outputs(outdir: Path, spectra: dict[str, np.ndarray], pixel_size: float,
-                   o: SpectrumOptions, skip_png: set[str] = frozenset(),  # type: ignore[assignment]
-                   draw: FigureProcess | None = None) -> float:
-    """Write every spectrum (.mrc, .png by ``draw``, profiles); return the header pixel
-    size."""
+                   o: SpectrumOptions, draw: FigureProcess | None = None, png: bool = True
+                   ) -> float:
+    """Write every spectrum (.mrc, profiles and with ``png`` a .png by ``draw``); return the
+    header pixel size."""
     header_pixel = pixel_size
     profile_axis = "horizontal" if o.axis == "horizontal" else "vertical"
     for name, spectrum in spectra.items():
@@ -539,7 +541,7 @@ def _write_outputs(outdir: Path, spectra: dict[str, np.ndarray], pixel_size: flo
         write_image(outdir / f"{name}.mrc", data, header_pixel)
         prof = profiles(spectrum, header_pixel, profile_axis)
         figures.profiles_csv(outdir / f"{name}_profiles.csv", prof)
-        if name not in skip_png:
+        if png:
             (draw or FigureProcess(0))(figures.spectrum_png, outdir / f"{name}.png", spectrum,
                                        header_pixel, prof, title=name)
     return header_pixel

@@ -349,3 +349,45 @@ def test_cli_prints_axis_per_class_and_checks_the_mask_options(helical, tmp_path
     # refused before any work (the entry point turns InputError into exit status 2)
     assert isinstance(bad.exception, InputError) and "--filament-width" in str(bad.exception)
     assert not (tmp_path / "b").exists()
+
+
+def _class(k: int, m: int, box: int, average: bool, halves: tuple[bool, bool]):
+    from csplugin.jobs.helical_indexing import ClassIndex, ClassOutput
+
+    rng = np.random.default_rng(k)
+    plane = lambda: rng.random((m, m)).astype(np.float32)  # noqa: E731
+    return ClassOutput(k, plane(), plane() if halves[0] else None,
+                       plane() if halves[1] else None,
+                       rng.random((box, box)).astype(np.float32) if average else None,
+                       ClassIndex(k, None, 0.0, None, None, ""), 1.5, (1, 1), 1)
+
+
+def test_helical_stacks_are_written_a_class_at_a_time(tmp_path: Path) -> None:
+    """Slices in the order added; a missing half is a zero slice; class_averages.mrcs is
+    left out when a class has no average; nothing appears when a class is missing."""
+    from csplugin.jobs.helical_indexing import HelicalStacks
+
+    options = SpectrumOptions()
+    classes = [_class(4, 8, 6, True, (True, True)), _class(9, 8, 6, True, (True, False))]
+    with HelicalStacks(tmp_path, 2, 6, 1.2, options) as stacks:
+        for c in classes:
+            stacks.add(c)
+    spectra = mrcfile.read(tmp_path / "ps_classes.mrcs")
+    np.testing.assert_array_equal(spectra, np.stack([c.spectrum for c in classes]))
+    assert not mrcfile.read(tmp_path / "ps_classes_half2.mrcs")[1].any()
+    np.testing.assert_array_equal(mrcfile.read(tmp_path / "class_averages.mrcs")[1],
+                                  classes[1].average)
+    assert classes[0].slim().spectrum is None and classes[0].slim().result.k == 4
+
+    other = tmp_path / "no_average"
+    other.mkdir()
+    with HelicalStacks(other, 1, 6, 1.2, options) as stacks:
+        stacks.add(_class(1, 8, 6, False, (True, True)))
+    assert (other / "ps_classes.mrcs").is_file() and not (other / "class_averages.mrcs").exists()
+
+    short = tmp_path / "short"
+    short.mkdir()
+    with pytest.raises(RuntimeError, match="1 of 2 classes"):
+        with HelicalStacks(short, 2, 6, 1.2, options) as stacks:
+            stacks.add(classes[0])
+    assert not list(short.iterdir())
