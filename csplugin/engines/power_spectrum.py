@@ -74,6 +74,7 @@ import numba
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from csplugin.core.memory import scratch
 from csplugin.engines import fft
 from csplugin.engines.spectrum_kernels import (
     _condition,
@@ -315,12 +316,14 @@ class PowerSpectrumAccumulator:
         # _ROTATION_BYTES of them (6 tasks at M = 512: many threads must not cost 7 MB each)
         per_task = (3 if suppress else 1) * m * m * 8 + m * (m // 2 + 1) * 8
         tasks = max(1, min(numba.get_num_threads(), len(used), _ROTATION_BYTES // per_task))
-        partial = np.zeros((tasks, 3 if suppress else 1, m, m), dtype=np.float64)
-        cameras = np.zeros((tasks, m, m // 2 + 1), dtype=np.float64)
+        # the calling thread's buffers, zeroed: no fresh pages (faults, unmapping) per call
+        partial = scratch("rotation_partial", (tasks, 3 if suppress else 1, m, m), np.float64)
+        cameras = scratch("rotation_cameras", (tasks, m, m // 2 + 1), np.float64)
+        partial[...] = 0.0
+        cameras[...] = 0.0
         rotate_bins(self._sums, used, np.cos(angles), np.sin(angles),
                      self._counts[used].astype(np.float32), halfwidth, partial, cameras)
         totals = partial.sum(axis=0)
-        del partial
         plain = totals[0]
         weighted, weight = (totals[1], totals[2]) if suppress else (None, None)
         camera = cameras.sum(axis=0)

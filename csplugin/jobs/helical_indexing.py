@@ -56,10 +56,11 @@ from csplugin.engines.helical_index import HelicalCandidate, helix_radius_range,
 from csplugin.engines.layer_lines import LayerLine, detect_layer_lines
 from csplugin.engines.power_spectrum import RotatedSums, axis_rotation, crop_to_resolution, to_log
 from csplugin.outputs import helical_report
+from csplugin.outputs.spectrum_figures import class_figure
 from formats.mrc import StackWriter
 
 __all__ = ["ClassExtras", "ClassIndex", "ClassOutput", "HelicalStacks", "class_output",
-           "filament_halves", "helical_outputs"]
+           "filament_halves", "helical_outputs", "index_and_draw"]
 
 #: Particles per class averaged for the filament mask's axis (read before the pass).
 AXIS_PARTICLES = 500
@@ -323,6 +324,8 @@ class ClassOutput:
     header_pixel: float
     half_counts: tuple[int, int]
     average_count: int
+    index_angle: float | None = None  # axis (rad) the indexing turns the spectra by
+    rotation: float = 0.0  # rad, the job's turn of this class
 
     def slim(self) -> ClassOutput:
         """The class without its images (written already): what the tables and
@@ -333,8 +336,9 @@ class ClassOutput:
 
 def class_output(k: int, angle: float | None, spectrum: np.ndarray, extra: ClassExtras,
                  pixel_size: float, options: Any) -> ClassOutput:
-    """Crop, turn the average of, and (with ``options.index``) index class ``k``
-    (``angle``: its axis in radians or None; ``spectrum`` linear, uncropped)."""
+    """Crop class ``k``'s spectra and turn its average (``angle``: its axis in radians or
+    None; ``spectrum`` linear, uncropped); its ``result`` is not indexed yet
+    (:func:`index_and_draw`)."""
     crop, axis = options.crop_resolution, options.axis
     spec, header_pixel = _prepare(spectrum, pixel_size, crop)
     h1 = _prepare(extra.half1.spectrum(), pixel_size, crop)[0] if extra.half1 else None
@@ -354,22 +358,33 @@ def class_output(k: int, angle: float | None, spectrum: np.ndarray, extra: Class
                    if a is not None else raw.astype(np.float32))
         if angle is None and a is not None and axis == "class":
             angle_for_index = a
+    result = ClassIndex(k, None if angle is None else math.degrees(angle),
+                        math.degrees(rotation), average, None, "", message="not indexed")
+    counts = (int(extra.half1.n if extra.half1 else 0), int(extra.half2.n if extra.half2 else 0))
+    return ClassOutput(int(k), spec, h1, h2, average, result, header_pixel, counts,
+                       int(extra.average_count), angle_for_index, rotation)
+
+
+def index_and_draw(outdir: Path, c: ClassOutput, pixel_size: float, options: Any
+                   ) -> tuple[ClassIndex, dict[str, str]]:
+    """Index class ``c`` (with ``options.index``) and draw its figure (here): the per-class
+    work that a job hands to its figure process, off the path of its maths (numpy, scipy
+    and matplotlib only: no numba threads in a forked process). Returns the class's
+    result and its figure files for ``index.html``."""
+    result = c.result
     if options.index:
         # the turned average is in the job's frame, like the spectrum
-        result = index_class(k, spec, h1, h2, average, header_pixel, pixel_size, axis,
-                             angle_for_index, options.helix_radius, options.max_csym,
-                             rotation)
-    else:
-        result = ClassIndex(k, None if angle is None else math.degrees(angle),
-                            math.degrees(rotation), average, None, "", message="not indexed")
-    if options.half_sets and (h1 is None) != (h2 is None):
+        result = index_class(c.k, c.spectrum, c.half1, c.half2, c.average, c.header_pixel,
+                             pixel_size, options.axis, c.index_angle, options.helix_radius,
+                             options.max_csym, c.rotation)
+    if options.half_sets and (c.half1 is None) != (c.half2 is None):
         # a class whose particles all fell in one half (one filament) gets a zero slice
         result.message = "; ".join(x for x in (result.message, "one half set is empty (all "
                                    "particles in one filament): its slice is zero, no "
                                    "agreement") if x)
-    counts = (int(extra.half1.n if extra.half1 else 0), int(extra.half2.n if extra.half2 else 0))
-    return ClassOutput(int(k), spec, h1, h2, average, result, header_pixel, counts,
-                       int(extra.average_count))
+    figure = class_figure(outdir, result, c.spectrum, c.header_pixel, pixel_size,
+                          options.axis, options)
+    return result, figure
 
 
 class HelicalStacks:

@@ -57,7 +57,9 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -84,7 +86,6 @@ from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
 from csplugin.outputs import figures
 from csplugin.outputs.directory import claim, transaction
 from csplugin.outputs.figure_process import FigureProcess
-from csplugin.outputs.spectrum_figures import class_figure
 from formats import InputError
 from formats.atomic import atomic_output
 from formats.mrc import Stack, write_image
@@ -202,6 +203,15 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
         class_figures: dict[int, dict[str, str]] = {}
         header_pixel = pixel_size
         with helical.HelicalStacks(outdir, len(labels), box, pixel_size, options) as stacks_out:
+            pending: deque[tuple[helical.ClassOutput, Future[tuple[helical.ClassIndex,
+                                                                 dict[str, str]]]]] = deque()
+
+            def finish(wait: bool) -> None:  # the classes indexed and drawn so far, in order
+                while pending and (wait or pending[0][1].done()):
+                    c, future = pending.popleft()
+                    c.result, class_figures[c.k] = future.result()
+                    helix.append(c.slim())
+
             for k, angle, sums, extras in class_sums:  # in class order, each when complete
                 if angle is not None:
                     axis_deg[k] = float(np.rad2deg(angle))
@@ -210,12 +220,13 @@ def power_spectra(table: ParticleTable, outdir: str | Path,
                     header_pixel = _write_outputs(outdir, {f"ps_class{k}": spectrum},
                                                   pixel_size, options, draw=None, png=False)
                     c = helical.class_output(k, angle, spectrum, extras, pixel_size, options)
-                    class_figures[k] = class_figure(outdir, c.result, c.spectrum,
-                                                    c.header_pixel, pixel_size, options.axis,
-                                                    options, draw)
                     stacks_out.add(c)
-                    helix.append(c.slim())
+                    # indexed and drawn by the figure process while the next classes run
+                    pending.append((c, draw.submit(helical.index_and_draw, outdir, c,
+                                                   pixel_size, options)))
+                    finish(wait=False)
                 pooled = sums if pooled is None else pooled + sums
+            finish(wait=True)
         assert pooled is not None
         spectra = {"ps_all": pooled.spectrum(), "ps_camera_frame": pooled.camera_frame()}
         del pooled

@@ -8,8 +8,10 @@ and camera-frame spectra and one per class) would leave every other core idle me
 thread pools exist, so the fork copies none of their state), which import matplotlib while
 the maths runs and then draw what the job hands them while it writes its other outputs.
 
-Drawing functions are called as ``draw(function, *args)`` with picklable, module-level
-functions and arguments (arrays go through a pipe: ~1 ms per MB). Where ``fork`` is not
+Drawing functions are called as ``draw(function, *args)`` (or ``draw.submit`` for a
+result) with picklable, module-level functions and arguments (arrays go through a pipe:
+~1 ms per MB); a job may hand over more than drawing, e.g. the indexing of a class, which
+its figure needs anyway. Where ``fork`` is not
 available, or ``CSPLUGIN_FIGURE_PROCESSES=0``, figures are drawn in the job's own thread
 at the call, with the same results.
 
@@ -29,13 +31,16 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from csplugin.core.threads import cores
 
 __all__ = ["FigureProcess", "figure_processes"]
 
 _PR_SET_PDEATHSIG = 1
+#: Calls waiting per drawing process at most (see :meth:`FigureProcess.submit`).
+QUEUED = 4
+R = TypeVar("R")
 
 
 def figure_processes() -> int:
@@ -81,6 +86,7 @@ class FigureProcess:
 
     def __init__(self, processes: int | None = None) -> None:
         n = figure_processes() if processes is None else processes
+        self._processes = n
         self._pool: ProcessPoolExecutor | None = None
         self._futures: list[Future[Any]] = []
         if n > 0 and "fork" in multiprocessing.get_all_start_methods():
@@ -104,9 +110,28 @@ class FigureProcess:
     def __call__(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Draw ``function(*args, **kwargs)`` (its return value is dropped)."""
         if self._pool is None:
-            function(*args, **kwargs)
+            function(*args, **kwargs)  # an error is raised here
         else:
-            self._futures.append(self._pool.submit(function, *args, **kwargs))
+            self.submit(function, *args, **kwargs)
+
+    def submit(self, function: Callable[..., R], *args: Any, **kwargs: Any) -> Future[R]:
+        """Run ``function(*args, **kwargs)`` in a drawing process (or here, now, without
+        one); its future. At most :data:`QUEUED` calls per process wait at once (the call
+        waits for the oldest), so their arguments do not pile up in the job's memory."""
+        if self._pool is None:
+            done: Future[R] = Future()
+            try:
+                done.set_result(function(*args, **kwargs))
+            except Exception as error:  # raised by close() and result(), as from a process
+                done.set_exception(error)
+            return done
+        waiting = [f for f in self._futures if not f.done()]
+        while len(waiting) >= QUEUED * self._processes:
+            waiting.pop(0).result()
+            waiting = [f for f in waiting if not f.done()]
+        future = self._pool.submit(function, *args, **kwargs)
+        self._futures.append(future)
+        return future
 
     def close(self) -> None:
         """Wait for every figure; raise the first error of a drawing function."""
