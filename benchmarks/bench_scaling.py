@@ -12,8 +12,8 @@ to T cores (``taskset``) with ``CSPLUGIN_THREADS = NUMBA_NUM_THREADS = T``:
   (pyfftw plans of :mod:`csplugin.engines.fft`) + \\|F\\|² summed, at pad 1 and pad 2;
 * csplugin: power spectra with RELION's work (pad 1, no mask, no normalisation, lines
   kept, class frame, and like RELION no indexing or half sets: spectra, their figures and
-  class averages only), the same with the helical outputs, and with the defaults; export cubic, linear, cubic float16; class
-  averages (mean);
+  class averages only), the same with the helical outputs, and with the defaults; export
+  cubic, linear, cubic float16; class averages (mean);
 * RELION (single-threaded, timed once): ``relion_image_handler --avg_ampl2_ali`` and
   ``relion_stack_create --apply_transformation --one_by_one``.
 
