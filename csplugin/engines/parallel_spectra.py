@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from csplugin.core.memory import scratch
-from csplugin.core.threads import serial_kernels, threads, worker_pool
+from csplugin.core.threads import serial_kernels, settle, threads, worker_pool
 from csplugin.engines.power_spectrum import PowerSpectrumAccumulator, add_spectra
 
 __all__ = ["TASK_PARTICLES", "accumulate_in_parallel", "tasks_by_bin"]
@@ -122,9 +122,8 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
     progress
         Called (from the calling thread) with the number of particles added by each task.
     pool
-        A :func:`csplugin.core.threads.worker_pool` of ``n_threads`` threads to run on,
-        e.g. one for every pass of a job, whose threads keep their FFT plans and buffers;
-        default: a pool of this call's own.
+        The pool to run on (default: the process's :func:`csplugin.core.threads.worker_pool`
+        of ``n_threads`` threads, whose threads keep their FFT plans and buffers).
 
     The first exception of a worker is raised here once the running tasks have stopped.
     """
@@ -161,9 +160,8 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
                     batch=batch, count=False)
         return len(rows)
 
-    own = pool is None
-    workers = max(1, min(n_threads or threads(), len(tasks)))
-    pool = worker_pool(workers) if own else pool
+    workers = n_threads or threads()
+    pool = pool or worker_pool(workers)
     failure: BaseException | None = None
     running: set[Future[int]] = set()
     try:
@@ -184,12 +182,7 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
             if failure is not None:
                 todo = iter(())  # no new tasks; let the running ones stop
     finally:  # Ctrl-C, SIGTERM or a failure: drop the queued tasks, wait for the running
-        if own:
-            pool.shutdown(wait=True, cancel_futures=True)
-        else:
-            for future in running:
-                future.cancel()
-            wait(running)
+        settle(running)
     if failure is not None:
         raise failure
     for a in np.unique(owners[owners >= 0]):

@@ -314,54 +314,54 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
     axes: dict[int | None, float | None] = {}
     half_sums: dict[int | None, list[RotatedSums | None]] = {}
     read, lock, poses = reader(table, stacks), threading.Lock(), table.alignments()
-    with worker_pool() as pool:  # for every pass: its threads keep their FFT plans and buffers
-        for i, units in enumerate(passes):
-            group = list(dict.fromkeys(unit[0] for unit in units))
-            fresh = [k for k in group if k is not None and k not in axes]  # first pass of k
-            owner = np.full(len(table), -1, np.int64)
-            for j, unit in enumerate(units):
-                owner[unit[2]] = j
-            average = chosen & np.isin(numbers, fresh)  # read in this pass for class_averages
-            scope = np.flatnonzero(np.isin(numbers, group)) if group != [None] else None
-            masker = None if options.filament_width is None else helical.filament_masker(
-                table.take(scope) if scope is not None else table, stacks, group, given, stored,
-                options)
-            accs = [_accumulator(box, options) for _ in units]
+    pool = worker_pool()  # the process's: its threads keep their FFT plans and buffers
+    for i, units in enumerate(passes):
+        group = list(dict.fromkeys(unit[0] for unit in units))
+        fresh = [k for k in group if k is not None and k not in axes]  # first pass of k
+        owner = np.full(len(table), -1, np.int64)
+        for j, unit in enumerate(units):
+            owner[unit[2]] = j
+        average = chosen & np.isin(numbers, fresh)  # read in this pass for class_averages
+        scope = np.flatnonzero(np.isin(numbers, group)) if group != [None] else None
+        masker = None if options.filament_width is None else helical.filament_masker(
+            table.take(scope) if scope is not None else table, stacks, group, given, stored,
+            options)
+        accs = [_accumulator(box, options) for _ in units]
 
-            def add_average(rows: np.ndarray, images: np.ndarray, average=average) -> None:
-                mine = average[rows]
-                for k in np.unique(numbers[rows[mine]]):
-                    sel = mine & (numbers[rows] == k)
-                    _rebuild(rebuilt, int(k), images[sel], poses, rows[sel], None, lock)
+        def add_average(rows: np.ndarray, images: np.ndarray, average=average) -> None:
+            mine = average[rows]
+            for k in np.unique(numbers[rows[mine]]):
+                sel = mine & (numbers[rows] == k)
+                _rebuild(rebuilt, int(k), images[sel], poses, rows[sel], None, lock)
 
-            def prepare(rows: np.ndarray, images: np.ndarray, masker=masker, scope=scope
-                        ) -> np.ndarray:
-                return masker(images, np.searchsorted(scope, rows) if scope is not None else rows)
+        def prepare(rows: np.ndarray, images: np.ndarray, masker=masker, scope=scope
+                    ) -> np.ndarray:
+            return masker(images, np.searchsorted(scope, rows) if scope is not None else rows)
 
-            accumulate_in_parallel(accs, owner, angles, read, also=average,
-                                   on_images=add_average if fresh else None,
-                                   prepare=prepare if masker else None, progress=progress,
-                                   pool=pool)
-            for j, (k, h, *_) in enumerate(units):
-                if k not in axes:  # its average is complete: this is the class's first pass
-                    axes[k] = (None if k is None
-                               else _axis_angle(k, given, stored, rebuilt, options.axis))
-                if accs[j].n:
-                    sums = accs[j].rotated_sums(_rotation(axes[k], options.axis))
-                    pair = half_sums.setdefault(k, [None, None])
-                    pair[h] = sums if pair[h] is None else pair[h] + sums  # type: ignore[operator]
-                accs[j] = None  # type: ignore[call-overload]  # free its bins
-            del accs
-            release_free_memory()  # the pass's freed chunks and temporaries, before the next one
-            for k in group:
-                if last[k] != i:
-                    continue
-                h1, h2 = half_sums.pop(k)
-                total = h2 if h1 is None else (h1 if h2 is None else h1 + h2)
-                assert total is not None
-                yield k, axes[k], total, helical.ClassExtras(  # the halves as spectra: 1 MB, not 7
-                    _averaged(h1) if options.half_sets else None, _averaged(h2),
-                    *rebuilt.pop(k, (None, 0)))  # type: ignore[arg-type]
+        accumulate_in_parallel(accs, owner, angles, read, also=average,
+                               on_images=add_average if fresh else None,
+                               prepare=prepare if masker else None, progress=progress,
+                               pool=pool)
+        for j, (k, h, *_) in enumerate(units):
+            if k not in axes:  # its average is complete: this is the class's first pass
+                axes[k] = (None if k is None
+                           else _axis_angle(k, given, stored, rebuilt, options.axis))
+            if accs[j].n:
+                sums = accs[j].rotated_sums(_rotation(axes[k], options.axis))
+                pair = half_sums.setdefault(k, [None, None])
+                pair[h] = sums if pair[h] is None else pair[h] + sums  # type: ignore[operator]
+            accs[j] = None  # type: ignore[call-overload]  # free its bins
+        del accs
+        release_free_memory()  # the pass's freed chunks and temporaries, before the next one
+        for k in group:
+            if last[k] != i:
+                continue
+            h1, h2 = half_sums.pop(k)
+            total = h2 if h1 is None else (h1 if h2 is None else h1 + h2)
+            assert total is not None
+            yield k, axes[k], total, helical.ClassExtras(  # the halves as spectra: 1 MB, not 7
+                _averaged(h1) if options.half_sets else None, _averaged(h2),
+                *rebuilt.pop(k, (None, 0)))  # type: ignore[arg-type]
 
 
 @dataclass

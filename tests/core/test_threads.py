@@ -59,3 +59,16 @@ def test_one_worker_runs_in_the_calling_thread() -> None:
     me = threading.get_ident()
     assert list(ordered_map(lambda _: threading.get_ident(), range(3), workers=1)) == [me] * 3
     assert np.array_equal(list(ordered_map(abs, [-1, 2], workers=1)), [1, 2])
+
+
+def test_the_worker_pool_is_shared_and_outlives_with_blocks() -> None:
+    from csplugin.core.threads import in_worker, worker_pool
+
+    pool = worker_pool(3)
+    with pool:
+        pass
+    assert worker_pool(3) is pool and pool.submit(in_worker).result() is True
+    assert not in_worker()
+    # from a worker thread, ordered_map runs in that thread: no task waits for its own queue
+    nested = pool.submit(lambda: list(ordered_map(lambda x: x + 1, range(5), workers=3)))
+    assert nested.result(timeout=10) == [1, 2, 3, 4, 5]

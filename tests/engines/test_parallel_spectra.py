@@ -128,12 +128,12 @@ def test_a_shared_pool_serves_several_calls_and_survives_a_failure():
     def broken(rows, out):
         raise OSError("gone")
 
-    with worker_pool(2) as pool:
-        with pytest.raises(OSError, match="gone"):
-            accumulate_in_parallel(_accs(images.shape[1]), owners, angles, broken, pool=pool,
-                                   n_threads=2)
-        for _ in range(2):
-            accs = _accs(images.shape[1])
-            accumulate_in_parallel(accs, owners, angles, _read(images), pool=pool, n_threads=2)
-            for a, r in zip(accs, ref):
-                np.testing.assert_array_equal(a._sums, r._sums)
+    pool = worker_pool(2)  # the shared pool: it stays usable after a failed call
+    with pytest.raises(OSError, match="gone"):
+        accumulate_in_parallel(_accs(images.shape[1]), owners, angles, broken, pool=pool,
+                               n_threads=2)
+    for _ in range(2):
+        accs = _accs(images.shape[1])
+        accumulate_in_parallel(accs, owners, angles, _read(images), pool=pool, n_threads=2)
+        for a, r in zip(accs, ref):
+            np.testing.assert_array_equal(a._sums, r._sums)
