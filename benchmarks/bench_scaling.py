@@ -21,7 +21,9 @@ The last column is the parallel efficiency ``t(1) / (T t(T))``.
 
 Part 2, stages (in one process per T, each stage alone over the whole data set): read,
 FFT pad 1 / pad 2 (execute only), power accumulation into psi bins, bin rotation (3
-classes x 360 bins), cubic and linear resampling kernels, stack writing. For each stage:
+classes x 360 bins), cubic and linear resampling kernels, stack writing, and the jobs' worker
+threads as they run (each takes whole tasks): the spectra's read + condition + FFT + bins at
+pad 1 and 2, the export's read + cubic + write. For each stage:
 wall and CPU seconds per T, the serial fraction ``s`` of Amdahl's law
 ``t(T) = t(1) (s + (1 - s)/T)`` through the smallest and largest thread counts, the time it
 implies at 16 threads, and the per-image cost at 1 thread, from which the model of
@@ -152,6 +154,7 @@ def run_jobs(cs: Path, star: Path, out: Path, data: Path, thread_counts: list[in
 #: Part 2, run in a child process per thread count: each stage over the whole data set.
 STAGES = r'''
 import json, os, sys, time
+from pathlib import Path
 import numpy as np
 from csplugin.core.particles import open_particles
 from csplugin.core.images import iter_chunks, check_stacks
@@ -223,6 +226,28 @@ for method in ("cubic", "linear"):
                 rows = slice(64 * k, 64 * k + 64)
                 align_images(im, angles[rows], shifts[rows], method)
     stage(f"{method} resampling kernel", kernel, (n_loop // 512) * 512)
+
+# the jobs' own worker architecture: threads that each take whole tasks
+from csplugin.core.images import reader
+from csplugin.engines.parallel_spectra import accumulate_in_parallel
+from csplugin.jobs.export_aligned import export_stack
+classes = np.asarray(table.particles["class_index"].to_numpy(), np.int64) % 3
+read_at = reader(table, stacks)
+for pad in (1, 2):
+    def workers(timed=False, pad=pad):
+        rows = slice(None) if timed else slice(0, 256)
+        accs = [PowerSpectrumAccumulator(box, pad=pad, mask=pad == 2, normalize=pad == 2)
+                for _ in range(3)]
+        owners = np.full(len(table), -1, np.int64)
+        owners[rows] = classes[rows]
+        accumulate_in_parallel(accs, owners, angles, read_at)
+    stage(f"spectra workers pad {pad} (read+FFT+bins)", workers, len(table))
+
+def export_workers(timed=False):
+    part = table if timed else table.take(np.arange(256))
+    export_stack(part, stacks, Path(out), box, 1.0, False, "cubic", None)
+    os.unlink(out)
+stage("export workers cubic (read+align+write)", export_workers, len(table))
 
 def write(timed=False):
     count = n_loop if timed else 64
