@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from csplugin.core import conventions as cv
-from csplugin.core.images import chunk_size_for, reader
+from csplugin.core.images import reader, task_images
 from csplugin.core.memory import scratch
 from csplugin.core.particles import ParticleTable
 from csplugin.core.threads import ordered_map
@@ -139,7 +139,8 @@ class AveragingPlan:
         if type(stacker) is MeanImageStacker:
             stacker = None
         return cls(stacker, ctf, snr, interpolation,
-                   chunk_size or (_ctf_chunk(box) if ctf != "none" else chunk_size_for(box)),
+                   chunk_size or (min(_ctf_chunk(box), task_images(box, arrays=4))
+                                  if ctf != "none" else task_images(box)),
                    tile_bytes, Path(spill_dir or tempfile.gettempdir()), table.pixel_size(), box)
 
 

@@ -246,6 +246,19 @@ def _read(stack_col: np.ndarray, index_col: np.ndarray, stacks: dict[str, Stack]
     return out
 
 
+#: Bytes of images that all worker threads' tasks may hold at once (see :func:`task_images`).
+TASKS_BYTES = 128 << 20
+
+
+def task_images(box: int, arrays: int = 2, ahead: int = 2) -> int:
+    """Images per task of the worker threads: all threads' tasks in flight (``ahead`` per
+    thread, each holding ``arrays`` image-sized float32 arrays) within :data:`TASKS_BYTES`,
+    at least 1 and at most :func:`chunk_size_for` ``box`` (64 at 256² and 2 threads, 8 at 16
+    threads)."""
+    per = TASKS_BYTES // (ahead * threads() * arrays * 4 * box * box)
+    return max(1, min(chunk_size_for(box), per))
+
+
 def chunk_size_for(box: int) -> int:
     """Images per chunk: about CHUNK_BYTES of float32, at least 16."""
     return max(16, CHUNK_BYTES // (4 * box * box))

@@ -32,12 +32,15 @@ from csplugin.core.memory import scratch
 from csplugin.core.threads import serial_kernels, settle, threads, worker_pool
 from csplugin.engines.power_spectrum import PowerSpectrumAccumulator, add_spectra
 
-__all__ = ["TASK_PARTICLES", "accumulate_in_parallel", "tasks_by_bin"]
+__all__ = ["PIECE_BYTES", "TASK_PARTICLES", "accumulate_in_parallel", "tasks_by_bin"]
 
 #: Particles per task, about (whole bins, so a task may hold more): small enough to balance
 #: the threads and keep a task's images (8 MB at 256²) in memory, large enough that the
 #: Python work per task is a small share.
 TASK_PARTICLES = 32
+#: Bytes of images a worker reads at once (a task of whole bins is read in such pieces, in
+#: order): memory per thread is bounded whatever the particles per bin (2 MiB: 8 at 256²).
+PIECE_BYTES = 2 << 20
 #: Bytes of FFT output per batch in a worker: stays in a core's L2 cache for the addition.
 _WORKER_BATCH_BYTES = 1 << 20
 
@@ -105,8 +108,9 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
         In-plane angles in radians.
     read
         ``read(positions, out)`` -> ``out`` ``(k, N, N)`` float32 filled with the raw images
-        of those positions (ascending); called from the worker threads with a buffer of
-        each thread's own (:func:`csplugin.core.memory.scratch`), so it must be thread-safe.
+        of those positions (ascending, at most :data:`PIECE_BYTES` of images); called from
+        the worker threads with a buffer of each thread's own
+        (:func:`csplugin.core.memory.scratch`), so it must be thread-safe.
     also : array_like, shape (n,), bool, optional
         Particles without an owner to read all the same, for ``on_images`` only.
     on_images
@@ -147,18 +151,22 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
 
     box = first.box
 
-    def work(rows: NDArray[np.int64], add: bool) -> int:
+    piece = max(1, PIECE_BYTES // (4 * box * box))
+
+    def work(task: NDArray[np.int64], add: bool) -> int:
         serial_kernels()  # this thread's kernels run on one thread: the others have cores
-        images = read(rows, scratch("spectra_raw", (len(rows), box, box)))
-        if on_images is not None:
-            on_images(rows, images)
-        if not add:
-            return 0
-        if prepare is not None:
-            images = prepare(rows, images)
-        add_spectra(accumulators, images, angles[rows], owners[rows], n_threads=1,
-                    batch=batch, count=False)
-        return len(rows)
+        for start in range(0, len(task), piece):  # a bin may hold any number of particles
+            rows = task[start:start + piece]
+            images = read(rows, scratch("spectra_raw", (len(rows), box, box)))
+            if on_images is not None:
+                on_images(rows, images)
+            if not add:
+                continue
+            if prepare is not None:
+                images = prepare(rows, images)
+            add_spectra(accumulators, images, angles[rows], owners[rows], n_threads=1,
+                        batch=batch, count=False)
+        return len(task) if add else 0
 
     workers = n_threads or threads()
     pool = pool or worker_pool(workers)

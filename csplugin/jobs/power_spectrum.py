@@ -93,6 +93,7 @@ from formats.mrc import Stack, write_image
 Axis = Literal["class", "vertical", "horizontal"]
 #: Particles per class aligned to rebuild an average for the axis estimate.
 AXIS_PARTICLES = 500
+_ALIGN_BATCH = 4  # particles aligned at once for a class average
 
 
 @dataclass(frozen=True)
@@ -518,9 +519,12 @@ def _rebuild(sums: dict[int, tuple[np.ndarray, int]], k: int, images: np.ndarray
     if take <= 0:
         return
     angles, shifts = poses
-    aligned = align_images(images[:take], angles[rows[:take]], shifts[rows[:take]], "linear",
-                           out=scratch("aligned", images[:take].shape)).sum(
-                               axis=0, dtype=np.float64)
+    aligned = np.zeros(images.shape[1:], np.float64)
+    for s in range(0, take, _ALIGN_BATCH):  # a few at a time: little scratch per thread
+        part = slice(s, min(s + _ALIGN_BATCH, take))
+        aligned += align_images(images[part], angles[rows[part]], shifts[rows[part]], "linear",
+                                out=scratch("aligned", images[part].shape)).sum(
+                                    axis=0, dtype=np.float64)
     with lock or contextlib.nullcontext():
         have = sums.get(k)
         sums[k] = (aligned if have is None else have[0] + aligned,

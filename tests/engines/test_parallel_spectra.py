@@ -137,3 +137,28 @@ def test_a_shared_pool_serves_several_calls_and_survives_a_failure():
         accumulate_in_parallel(accs, owners, angles, _read(images), pool=pool, n_threads=2)
         for a, r in zip(accs, ref):
             np.testing.assert_array_equal(a._sums, r._sums)
+
+
+def test_bins_larger_than_a_piece_are_read_in_pieces_with_the_same_sums(monkeypatch):
+    """A task (whole bins) is read PIECE_BYTES at a time: memory per thread is bounded
+    whatever the particles per bin, and the sums are unchanged."""
+    import csplugin.engines.parallel_spectra as ps
+
+    images, angles, owners = _data(n=120)
+    angles = np.round(angles, 1)  # few, crowded bins
+    ref = _accs(images.shape[1])
+    accumulate_in_parallel(ref, owners, angles, _read(images), n_threads=1)
+    sizes: list[int] = []
+
+    def read(rows, out):
+        sizes.append(len(rows))
+        out[...] = images[rows]
+        return out
+
+    monkeypatch.setattr(ps, "PIECE_BYTES", 3 * 4 * images.shape[1] ** 2)
+    accs = _accs(images.shape[1])
+    accumulate_in_parallel(accs, owners, angles, read, n_threads=3)
+    assert max(sizes) == 3
+    for a, r in zip(accs, ref):
+        np.testing.assert_array_equal(a._sums, r._sums)
+        np.testing.assert_array_equal(a._counts, r._counts)
