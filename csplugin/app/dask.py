@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -117,6 +118,11 @@ def connect(scheduler: str | None = None, workers: int | None = None
     if scheduler is not None and workers is not None:
         raise InputError(None, "--scheduler and --workers exclude each other",
                          "give --scheduler for an existing cluster or --workers for a local one")
+    if workers is not None:
+        # every process of the local cluster, a worker restarted by its nanny during an
+        # interrupt included, logs only CRITICAL from its first import of distributed (its
+        # INFO tracebacks of closed connections would follow the CLI's one line)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
     try:
         from distributed import Client, LocalCluster
     except ImportError:
