@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -27,12 +26,25 @@ err = Console(stderr=True, soft_wrap=True)  # a message is one line, whatever th
 out = Console(soft_wrap=True)
 
 
-#: Click's usage error, and the one of the copy of Click that recent Typer versions vendor.
-try:
-    from typer._click.exceptions import UsageError as _VendoredUsageError
-except ImportError:  # a Typer that uses Click itself
-    _VendoredUsageError = click.UsageError
-_USAGE_ERRORS = tuple({click.UsageError, _VendoredUsageError})
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage error and that of the copy of Click which recent Typer versions vendor
+    (``typer._click``, without a dependency on Click: Click may then be absent)."""
+    found: list[type[Exception]] = []
+    with contextlib.suppress(ImportError):
+        from typer._click.exceptions import UsageError as vendored
+
+        found.append(vendored)
+    with contextlib.suppress(ImportError):
+        from click.exceptions import UsageError
+
+        found.append(UsageError)
+    if not found:  # pragma: no cover - Typer without either
+        raise ImportError("neither typer._click nor click is importable")
+    return tuple(dict.fromkeys(found))
+
+
+#: The usage errors that :class:`OneLineUsage` turns into one line.
+_USAGE_ERRORS = _usage_errors()
 
 
 class OneLineUsage(typer.core.TyperGroup):
