@@ -46,10 +46,18 @@ so that the bins held at once stay within ``memory_budget`` (64 MB; at least one
 particles (plus, in a class's first pass, the particles of its average), so every particle is
 still transformed once; freed memory is handed back to the OS between passes. The pooled
 spectrum is the sum of the classes' rotated ``(M, M)`` sums, so it needs no bins of its own.
-Besides the bins: the interpreter and libraries (~320 MB), up to ``reader_threads() + 2``
-reading chunks of 16 MB, at most 48 MB of rotation partial sums and, kept for the helical
-outputs, ``3 M² x 4`` bytes per class (its spectrum and half-set spectra: 3 MB at M = 512).
-Measured at box 256, pad 2, 12,000 particles in 3 classes with half sets: ~513 MB.
+Besides the bins: the interpreter and libraries (~320 MB), per worker thread a piece of
+images (:data:`csplugin.engines.parallel_spectra.PIECE_BYTES`, 2 MiB) and its FFT plan's
+buffers (2.5 MB at M = 512), at most 48 MB of rotation partial sums, and a few kB per class:
+each class's outputs are written when it is complete (its spectra, half-set spectra and
+average in :class:`csplugin.jobs.helical_indexing.HelicalStacks`), so memory does not grow
+with the number of classes either. Measured at box 256, pad 2, 12,000 particles: 457-493 MB
+at 2 threads (3 classes), 536-557 MB with 60 classes, 578 MB at ``CSPLUGIN_THREADS=16``.
+
+Work: worker threads, one per core, each take whole groups of psi bins (read, condition,
+FFT, add; :func:`csplugin.engines.parallel_spectra.accumulate_in_parallel`); each class's
+indexing and figure go to the figure process
+(:class:`csplugin.outputs.figure_process.FigureProcess`) as soon as the class is complete.
 """
 
 from __future__ import annotations
