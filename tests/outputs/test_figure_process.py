@@ -58,12 +58,28 @@ def test_a_job_error_drops_queued_figures_and_ends_the_processes(tmp_path: Path)
     assert pool is not None
     with pytest.raises(KeyError):
         with draw:
-            draw(time.sleep, 0.2)
-            for k in range(50):
+            draw(time.sleep, 1.0)  # the process is busy for a second ...
+            for k in range(3):  # ... while these wait (fewer than QUEUED: no back-pressure)
                 draw(_write, tmp_path / f"t{k}.txt", "x")
             raise KeyError("job failed")
-    assert len(list(tmp_path.iterdir())) < 50  # the queue was dropped
+    # the calls already handed to the process's queue (its size: processes + 1) ran, the
+    # last one was dropped
+    assert not (tmp_path / "t2.txt").exists() and len(list(tmp_path.iterdir())) <= 2
+    assert draw._pool is None
     assert all(not p.is_alive() for p in pool._processes.values()) if pool._processes else True
+
+
+def test_submit_returns_results_and_bounds_the_queue(tmp_path: Path) -> None:
+    from csplugin.outputs.figure_process import QUEUED
+
+    with FigureProcess(1) as draw:
+        futures = [draw.submit(pow, k, 2) for k in range(3 * QUEUED)]
+        assert [f.result() for f in futures] == [k * k for k in range(3 * QUEUED)]
+    inline = FigureProcess(0).submit(pow, 3, 2)
+    assert inline.done() and inline.result() == 9
+    failed = FigureProcess(0).submit(_fail, tmp_path / "y.png")
+    with pytest.raises(ValueError, match="cannot draw"):
+        failed.result()
 
 
 def test_drawing_processes_die_with_a_killed_job(tmp_path: Path) -> None:
