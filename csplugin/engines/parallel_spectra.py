@@ -26,14 +26,13 @@ a serial fraction of 0.07-0.12 (BENCHMARKS.md).
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from csplugin.core.memory import scratch
-from csplugin.core.threads import serial_kernels, settle, threads, worker_pool
+from csplugin.core.threads import ordered_map
 from csplugin.engines.power_spectrum import PowerSpectrumAccumulator, add_spectra
 
 __all__ = ["PIECE_BYTES", "TASK_PARTICLES", "accumulate_in_parallel", "tasks_by_bin"]
@@ -98,8 +97,7 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
                            angles: ArrayLike, read: Read, *, also: ArrayLike | None = None,
                            on_images: OnImages | None = None, prepare: Prepare | None = None,
                            n_threads: int | None = None, task_particles: int = TASK_PARTICLES,
-                           progress: Callable[[int], None] | None = None,
-                           pool: ThreadPoolExecutor | None = None) -> None:
+                           progress: Callable[[int], None] | None = None) -> None:
     """Add particles to accumulators of the same settings on ``n_threads`` threads.
 
     Parameters
@@ -124,14 +122,13 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
         ``prepare(positions, images)`` -> the images to transform (e.g. a per-particle mask,
         already normalised: the accumulators then condition nothing); from the workers.
     n_threads
-        Worker threads (default :func:`csplugin.core.threads.threads`).
+        Worker threads of the process's :func:`csplugin.core.threads.worker_pool` (default
+        :func:`csplugin.core.threads.threads`; its threads keep their FFT plans and buffers
+        from call to call).
     task_particles
         Particles per task, about (:func:`tasks_by_bin`).
     progress
         Called (from the calling thread) with the number of particles added by each task.
-    pool
-        The pool to run on (default: the process's :func:`csplugin.core.threads.worker_pool`
-        of ``n_threads`` threads, whose threads keep their FFT plans and buffers).
 
     The first exception of a worker is raised here once the running tasks have stopped.
     """
@@ -154,13 +151,12 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
     batch = 1 << (batch.bit_length() - 1)
 
     box = first.box
-
     piece = max(1, PIECE_BYTES // (4 * box * box))
 
-    def work(task: NDArray[np.int64], add: bool) -> int:
-        serial_kernels()  # this thread's kernels run on one thread: the others have cores
-        for start in range(0, len(task), piece):  # a bin may hold any number of particles
-            rows = task[start:start + piece]
+    def work(task: tuple[NDArray[np.int64], bool]) -> int:
+        rows_all, add = task
+        for start in range(0, len(rows_all), piece):  # a bin may hold any number of particles
+            rows = rows_all[start:start + piece]
             images = read(rows, scratch("spectra_raw", (len(rows), box, box)))
             if on_images is not None:
                 on_images(rows, images)
@@ -170,32 +166,12 @@ def accumulate_in_parallel(accumulators: list[PowerSpectrumAccumulator], owners:
                 images = prepare(rows, images)
             add_spectra(accumulators, images, angles[rows], owners[rows], n_threads=1,
                         batch=batch, count=False)
-        return len(task) if add else 0
+        return len(rows_all) if add else 0
 
-    workers = n_threads or threads()
-    pool = pool or worker_pool(workers)
-    failure: BaseException | None = None
-    running: set[Future[int]] = set()
-    try:
-        todo = iter(tasks)
-        while True:
-            for rows, add in todo:  # at most 2 tasks a worker queued: bounded memory
-                running.add(pool.submit(work, rows, add))
-                if len(running) >= 2 * workers:
-                    break
-            if not running:
-                break
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                if future.exception() is not None:
-                    failure = failure or future.exception()
-                elif progress is not None and future.result():
-                    progress(future.result())
-            if failure is not None:
-                todo = iter(())  # no new tasks; let the running ones stop
-    finally:  # Ctrl-C, SIGTERM or a failure: drop the queued tasks, wait for the running
-        settle(running)
-    if failure is not None:
-        raise failure
+    # tasks touch disjoint bins, so the order they finish in does not matter; a worker's
+    # error is raised here once the running tasks have stopped (ordered_map settles them)
+    for done in ordered_map(work, tasks, n_threads):
+        if progress is not None and done:
+            progress(done)
     for a in np.unique(owners[owners >= 0]):
         accumulators[a].count(angles[owners == a])

@@ -423,10 +423,6 @@ def add_spectra(accumulators: list[PowerSpectrumAccumulator], images: ArrayLike,
                        weights)
         spectra = plan.execute(k)
         mine = owners[start:start + k]
-        if (mine == mine[0]).all():
-            fft.accumulate_power(spectra, np.arange(k), bins[start:start + k],
-                                 accumulators[mine[0]]._sums, power)
-            continue
         for a in np.unique(mine):
             slots = np.flatnonzero(mine == a)
             fft.accumulate_power(spectra, slots, bins[start + slots], accumulators[a]._sums,

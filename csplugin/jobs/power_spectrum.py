@@ -77,7 +77,7 @@ import numpy as np
 from csplugin.core.images import check_stacks, iter_chunks, open_class_averages, reader
 from csplugin.core.memory import limit_arenas, release_free_memory, scratch
 from csplugin.core.particles import ParticleTable
-from csplugin.core.threads import threads, worker_pool
+from csplugin.core.threads import threads
 from csplugin.engines.filament import filament_axis_angle
 from csplugin.engines.parallel_spectra import accumulate_in_parallel
 from csplugin.engines.power_spectrum import (
@@ -323,7 +323,6 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
     axes: dict[int | None, float | None] = {}
     half_sums: dict[int | None, list[RotatedSums | None]] = {}
     read, lock, poses = reader(table, stacks), threading.Lock(), table.alignments()
-    pool = worker_pool()  # the process's: its threads keep their FFT plans and buffers
     for i, units in enumerate(passes):
         group = list(dict.fromkeys(unit[0] for unit in units))
         fresh = [k for k in group if k is not None and k not in axes]  # first pass of k
@@ -349,8 +348,7 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
 
         accumulate_in_parallel(accs, owner, angles, read, also=average,
                                on_images=add_average if fresh else None,
-                               prepare=prepare if masker else None, progress=progress,
-                               pool=pool)
+                               prepare=prepare if masker else None, progress=progress)
         for j, (k, h, *_) in enumerate(units):
             if k not in axes:  # its average is complete: this is the class's first pass
                 axes[k] = (None if k is None
