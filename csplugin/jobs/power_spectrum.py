@@ -29,8 +29,8 @@ Orientation (``axis``): ``"vertical"`` (default; HILL, PyHI, SPRING) and ``"hori
 0-based class index, as in cryoSPARC's ``J##_class_averages.mrc`` and RELION's
 ``_classes.mrcs``), else from the average rebuilt in the same pass from the class's aligned
 particles (all, or ``helical_indexing.AVERAGE_PARTICLES`` spread over the class; with a
-``runner``, the first ``AXIS_PARTICLES``), which is also written, turned and centred like the
-spectrum, to ``class_averages.mrcs``; in each case by
+``runner``, the first ``helical_indexing.AXIS_PARTICLES``), which is also written, turned
+and centred like the spectrum, to ``class_averages.mrcs``; in each case by
 :func:`csplugin.engines.filament.filament_axis_angle` (the normal of the strongest central line
 of the average's power spectrum, its equator: robust for oblique, thin or wide filaments and
 noisy averages).
@@ -62,7 +62,6 @@ indexing and figure go to the figure process
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections import deque
@@ -74,8 +73,8 @@ from typing import Literal
 
 import numpy as np
 
-from csplugin.core.images import check_stacks, iter_chunks, open_class_averages, reader
-from csplugin.core.memory import limit_arenas, release_free_memory, scratch
+from csplugin.core.images import check_stacks, open_class_averages, reader
+from csplugin.core.memory import limit_arenas, release_free_memory
 from csplugin.core.particles import ParticleTable
 from csplugin.core.threads import threads
 from csplugin.engines.filament import filament_axis_angle
@@ -88,7 +87,6 @@ from csplugin.engines.power_spectrum import (
     profiles,
     to_log,
 )
-from csplugin.engines.transform import align_images
 from csplugin.jobs import helical_indexing as helical
 from csplugin.jobs.runners import TaskRunner, task_table, used_stacks
 from csplugin.outputs import figures
@@ -99,9 +97,6 @@ from formats.atomic import atomic_output
 from formats.mrc import Stack, write_image
 
 Axis = Literal["class", "vertical", "horizontal"]
-#: Particles per class aligned to rebuild an average for the axis estimate.
-AXIS_PARTICLES = 500
-_ALIGN_BATCH = 4  # particles aligned at once for a class average
 
 
 @dataclass(frozen=True)
@@ -340,7 +335,7 @@ def _grouped_passes(table: ParticleTable, stacks: dict[str, Stack], keys: list[i
             mine = average[rows]
             for k in np.unique(numbers[rows[mine]]):
                 sel = mine & (numbers[rows] == k)
-                _rebuild(rebuilt, int(k), images[sel], poses, rows[sel], None, lock)
+                helical.add_aligned(rebuilt, int(k), images[sel], poses, rows[sel], lock)
 
         def prepare(rows: np.ndarray, images: np.ndarray, masker=masker, scope=scope
                     ) -> np.ndarray:
@@ -407,9 +402,10 @@ def _block_tasks(table: ParticleTable, stacks: dict[str, Stack], keys: list[int 
         raise InputError(None, "the filament mask runs in one process",
                          "drop --scheduler/--workers or use the circular mask")
     missing = [k for k in keys if k is not None]  # also for class_averages.mrcs
-    firsts = [members[k][:AXIS_PARTICLES] for k in missing]
+    firsts = [members[k][:helical.AXIS_PARTICLES] for k in missing]
     rebuilt = dict(zip(missing, runner.map(
-        rebuilt_average, ((task_table(table, r), used_stacks(table, r, stacks)) for r in firsts),
+        helical.aligned_sum,
+        ((task_table(table, r), used_stacks(table, r, stacks)) for r in firsts),
         [0] * len(firsts))))  # these particles count once, in their block
     angles = {k: _axis_angle(k, given, stored, rebuilt, options.axis) if k is not None else None
               for k in keys}
@@ -476,16 +472,6 @@ def spectrum_block(table: ParticleTable, stacks: dict[str, Stack], box: int,
     return acc.rotated_sums(rotation)
 
 
-def rebuilt_average(table: ParticleTable, stacks: dict[str, Stack],
-                    progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, int]:
-    """Sum and count of the aligned particles of ``table`` (bilinear), for the axis estimate."""
-    sums: dict[int, tuple[np.ndarray, int]] = {}
-    poses = table.alignments()
-    for rows, images in iter_chunks(table, stacks=stacks):
-        _rebuild(sums, 0, images, poses, rows)
-    return sums[0]
-
-
 def _rotation(angle: float | None, axis: Axis) -> float:
     """Extra rotation of a class's spectrum: none without an axis angle."""
     return axis_rotation(angle, axis) if angle is not None else 0.0
@@ -507,34 +493,6 @@ def _stored_averages(path: str | Path | None, table: ParticleTable, labels: np.n
     index = labels - table.class_base
     stack = open_class_averages(path, index, box)
     return {int(k): image for k, image in zip(labels, stack.read(index))}
-
-
-def _rebuild(sums: dict[int, tuple[np.ndarray, int]], k: int, images: np.ndarray,
-             poses: tuple[np.ndarray, np.ndarray], rows: np.ndarray,
-             limit: int | None = AXIS_PARTICLES, lock: threading.Lock | None = None) -> None:
-    """Add up to ``limit`` (None: all) aligned particles of class k to its running sum
-    (float64, so the order in which threads add their parts changes it by ~1e-16 only);
-    ``poses``: the table's :meth:`~csplugin.core.particles.ParticleTable.alignments`, ``rows``
-    index them; with ``lock``, from several threads (then ``limit`` must be None)."""
-    if lock is None:
-        have = sums.get(k)
-        count = 0 if have is None else int(have[1])
-        take = len(rows) if limit is None else min(len(rows), limit - count)
-    else:
-        take = len(rows)
-    if take <= 0:
-        return
-    angles, shifts = poses
-    aligned = np.zeros(images.shape[1:], np.float64)
-    for s in range(0, take, _ALIGN_BATCH):  # a few at a time: little scratch per thread
-        part = slice(s, min(s + _ALIGN_BATCH, take))
-        aligned += align_images(images[part], angles[rows[part]], shifts[rows[part]], "linear",
-                                out=scratch("aligned", images[part].shape)).sum(
-                                    axis=0, dtype=np.float64)
-    with lock or contextlib.nullcontext():
-        have = sums.get(k)
-        sums[k] = (aligned if have is None else have[0] + aligned,
-                   take + (0 if have is None else int(have[1])))
 
 
 def _axis_angle(k: int, given: dict[int, float] | None, stored: dict[int, np.ndarray],
